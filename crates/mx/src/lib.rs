@@ -1,0 +1,1 @@
+//! mx (being written).
