@@ -1,1 +1,3 @@
 //! proxy (being written).
+
+pub mod capture;

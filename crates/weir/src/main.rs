@@ -1,5 +1,36 @@
 //! The `weir` command line: thin, delegating to the library crates.
 
-fn main() {
-    println!("weir {}", env!("CARGO_PKG_VERSION"));
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// weir: a TCP-telemetry service mesh, wire- and metric-compatible with Istio.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sidecar proxy, set up traffic capture, or run a metered TCP forwarder.
+    Proxy(cmd::proxy::ProxyArgs),
+    /// Issue workload certificates in Istio's layout from a local certificate authority.
+    Ca(cmd::ca::CaArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Ca(args) => cmd::ca::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

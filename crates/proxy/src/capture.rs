@@ -1,0 +1,1 @@
+//! Traffic capture (being written).
