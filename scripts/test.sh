@@ -10,9 +10,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== cargo build (release binary for end-to-end tests)"
-cargo build --quiet --release -p weir
 echo "== tests"
-# The end-to-end tests create network namespaces; give them the freshly built binary.
-export WEIR_BIN="$PWD/target/release/weir"
+# Unit, integration and end-to-end tests; the end-to-end ones build network namespaces
+# and drive the real `weir` binary that cargo builds for them.
 exec cargo nextest run --workspace --no-fail-fast --profile ci
