@@ -1,0 +1,206 @@
+//! The four Istio TCP counter families, the table of live connections, and the
+//! reporting tick that flushes them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::labels::TcpLabels;
+use crate::overrides::{TagOverrides, TcpMetric};
+use crate::recorder::{ByteCounters, ConnectionRecorder};
+
+/// Istio's default `tcpReportingDuration`.
+pub const DEFAULT_REPORTING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The istio_tcp_* counters and the connections that feed them.
+///
+/// Cheap to clone (shared). Create one per proxy (and per registry: a second one in
+/// the same registry would print the families twice) with [`TcpMetrics::new`], which
+/// registers the four families; hand out a [`ConnectionRecorder`] per accepted
+/// connection with [`TcpMetrics::recorder`]; call [`TcpMetrics::flush_all`] on every
+/// reporting tick and once at shutdown.
+#[derive(Clone, Debug)]
+pub struct TcpMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    families: [Family<TcpLabels, Counter>; 4],
+    overrides: RwLock<Arc<TagOverrides>>,
+    table: ConnectionTable,
+}
+
+/// Resolved counter handles of one connection: fetched once, used until close.
+#[derive(Clone, Debug)]
+pub(crate) struct Handles {
+    pub(crate) opened: Option<Counter>,
+    pub(crate) closed: Option<Counter>,
+    pub(crate) sent: Option<Counter>,
+    pub(crate) received: Option<Counter>,
+}
+
+impl TcpMetrics {
+    /// Registers the four families in `registry`. The registry appends `_total`, so the
+    /// exposition names are `istio_tcp_connections_opened_total` and so on.
+    pub fn new(registry: &mut Registry) -> Self {
+        let families: [Family<TcpLabels, Counter>; 4] = Default::default();
+        for m in TcpMetric::ALL {
+            let (name, help) = match m {
+                TcpMetric::OpenedConnections => (
+                    "istio_tcp_connections_opened",
+                    "Total TCP connections opened",
+                ),
+                TcpMetric::ClosedConnections => (
+                    "istio_tcp_connections_closed",
+                    "Total TCP connections closed",
+                ),
+                TcpMetric::SentBytes => (
+                    "istio_tcp_sent_bytes",
+                    "Total bytes sent in response to a TCP connection",
+                ),
+                TcpMetric::ReceivedBytes => (
+                    "istio_tcp_received_bytes",
+                    "Total bytes received in a TCP connection",
+                ),
+            };
+            registry.register(name, help, families[m as usize].clone());
+        }
+        Self {
+            inner: Arc::new(Inner {
+                families,
+                overrides: RwLock::new(Arc::new(TagOverrides::none())),
+                table: ConnectionTable::default(),
+            }),
+        }
+    }
+
+    /// Starts recording a connection at accept time.
+    ///
+    /// `fallback` is the label set used if the connection ends before
+    /// [`ConnectionRecorder::resolve`] is called (typically: local workload known, peer
+    /// unknown). Nothing is reported for the connection until it is resolved or closed.
+    pub fn recorder(&self, fallback: TcpLabels) -> ConnectionRecorder {
+        ConnectionRecorder::new(self.clone(), fallback)
+    }
+
+    /// Replaces the Telemetry API overrides. Connections resolved from now on use them;
+    /// live connections keep the series they resolved to.
+    pub fn set_overrides(&self, overrides: TagOverrides) {
+        *self
+            .inner
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(overrides);
+    }
+
+    /// The overrides in effect.
+    pub fn overrides(&self) -> Arc<TagOverrides> {
+        self.inner
+            .overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds the bytes every live, resolved connection moved since the last flush.
+    ///
+    /// Reads each connection's atomics; the copy loops never wait on it. The table
+    /// lock is held for the walk, so opens and closes wait for at most one walk.
+    pub fn flush_all(&self) {
+        self.inner.table.for_each(|c| c.flush());
+    }
+
+    /// Number of live connections that have been resolved and not closed.
+    pub fn live_connections(&self) -> usize {
+        self.inner.table.len()
+    }
+
+    /// Fetches the counter handles of a label set (one family lookup per metric).
+    pub(crate) fn handles(&self, labels: &TcpLabels) -> Handles {
+        let overrides = self.overrides();
+        let get = |m: TcpMetric| -> Option<Counter> {
+            let o = overrides.metric(m);
+            if o.disabled {
+                return None;
+            }
+            let family = &self.inner.families[m as usize];
+            Some(if o.tags.is_empty() {
+                counter(family, labels)
+            } else {
+                counter(family, &o.apply(labels))
+            })
+        };
+        Handles {
+            opened: get(TcpMetric::OpenedConnections),
+            closed: get(TcpMetric::ClosedConnections),
+            sent: get(TcpMetric::SentBytes),
+            received: get(TcpMetric::ReceivedBytes),
+        }
+    }
+
+    /// The `closed` counter for a label set (used when the flags change at close).
+    pub(crate) fn closed_counter(&self, labels: &TcpLabels) -> Option<Counter> {
+        let overrides = self.overrides();
+        let o = overrides.metric(TcpMetric::ClosedConnections);
+        if o.disabled {
+            return None;
+        }
+        let family = &self.inner.families[TcpMetric::ClosedConnections as usize];
+        Some(counter(family, &o.apply(labels)))
+    }
+
+    pub(crate) fn table(&self) -> &ConnectionTable {
+        &self.inner.table
+    }
+}
+
+/// The series of `labels` in `family`: a read-locked lookup when it exists, else
+/// inserted under a key without the captured workload labels.
+fn counter(family: &Family<TcpLabels, Counter>, labels: &TcpLabels) -> Counter {
+    if let Some(c) = family.get(labels) {
+        return c.clone();
+    }
+    family.get_or_create_owned(&labels.series_key())
+}
+
+/// The live, resolved connections, keyed by a process-unique id.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionTable {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<ByteCounters>>>,
+}
+
+impl ConnectionTable {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn insert(&self, id: u64, counters: Arc<ByteCounters>) {
+        self.lock().insert(id, counters);
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&ByteCounters)) {
+        for c in self.lock().values() {
+            f(c);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ByteCounters>>> {
+        // A panic elsewhere while holding the lock leaves the map consistent
+        // (single insert/remove calls), so keep serving it.
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
