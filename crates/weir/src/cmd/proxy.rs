@@ -1,8 +1,232 @@
-//! `weir proxy`: placeholder, being written.
+//! `weir proxy`: run the sidecar from a static configuration, install its capture
+//! rules (`init`), or run a metered plain TCP forwarder (`forward`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use proxy::config::{
+    parse_duration, Endpoint, EndpointTls, InboundMode, OutboundPort, OutboundService, ProxyConfig,
+};
+use proxy::{LogLevelSetter, Proxy, ProxyOptions};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::EnvFilter;
+
+/// Flags of `weir proxy`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
+    /// Static proxy configuration (YAML, or JSON when the name ends in .json);
+    /// see docs/proxy-config.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print it with defaults filled in (JSON) and exit.
+    #[arg(long, requires = "config")]
+    check: bool,
+    #[command(flatten)]
+    log: LogArgs,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct ProxyArgs {}
+struct LogArgs {
+    /// Log filter, e.g. `info` or `info,proxy=debug` (changeable at runtime through
+    /// the admin endpoint `/logging?level=`).
+    #[arg(long, env = "WEIR_LOG", default_value = "info", global = true)]
+    log_level: String,
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
 
-pub fn run(_args: ProxyArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`weir proxy` is not available in this build")
+#[derive(clap::Subcommand, Debug)]
+enum ProxyCommand {
+    /// Install the sidecar's traffic-capture rules in the current network namespace.
+    Init(super::init::InitArgs),
+    /// Forward TCP from one address to another with full istio_tcp_* telemetry.
+    Forward(Box<ForwardArgs>),
+}
+
+/// Flags of `weir proxy forward`.
+#[derive(clap::Args, Debug)]
+struct ForwardArgs {
+    /// Address to accept connections on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to forward them to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Local workload name (source_workload).
+    #[arg(long, default_value = "forward")]
+    workload: String,
+    /// Local namespace (source_workload_namespace).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Local pod label KEY=VALUE (repeatable), e.g. app=productpage.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Destination service name (destination_service_name).
+    #[arg(long, default_value = "upstream")]
+    service: String,
+    /// Destination service namespace (defaults to --namespace).
+    #[arg(long)]
+    service_namespace: Option<String>,
+    /// Prometheus endpoint address.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    stats: SocketAddr,
+    /// Admin endpoint address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Readiness endpoint address.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness: SocketAddr,
+    /// Reporting interval of live connections, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    reporting_interval: Duration,
+    /// Upstream connect timeout, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// How long live connections may drain on SIGTERM, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+impl ForwardArgs {
+    fn config(&self) -> anyhow::Result<ProxyConfig> {
+        let mut c = ProxyConfig::minimal(&self.namespace, &self.workload);
+        let mut labels = BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').with_context(|| {
+                format!("--label {l:?}: write it as KEY=VALUE, e.g. app=productpage")
+            })?;
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        c.node.labels = labels;
+        c.inbound.mode = InboundMode::Disable;
+        c.outbound.services.push(OutboundService {
+            name: self.service.clone(),
+            namespace: self
+                .service_namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+            hostname: None,
+            addresses: Vec::new(),
+            load_balancer: Default::default(),
+            ports: vec![OutboundPort {
+                port: self.upstream.port(),
+                listen: Some(self.listen),
+                endpoints: vec![Endpoint {
+                    address: self.upstream,
+                    tls: EndpointTls::Disable,
+                    identity: None,
+                }],
+            }],
+        });
+        c.stats.listen = self.stats;
+        c.admin.listen = self.admin;
+        c.readiness.listen = self.readiness;
+        c.reporting.interval = self.reporting_interval;
+        c.limits.connect_timeout = self.connect_timeout;
+        c.limits.drain_timeout = self.drain_timeout;
+        c.validate("command line")?;
+        Ok(c)
+    }
+}
+
+/// Runs `weir proxy`.
+pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ProxyCommand::Init(init)) => super::init::run(init),
+        Some(ProxyCommand::Forward(fwd)) => {
+            let config = fwd.config()?;
+            let setter = init_logging(&args.log)?;
+            serve(config, setter)
+        }
+        None => {
+            let path = args.config.context(
+                "no configuration: run `weir proxy --config FILE` (see docs/proxy-config.md), \
+                 `weir proxy forward --listen ADDR --upstream ADDR`, or `weir proxy init`",
+            )?;
+            let config = ProxyConfig::from_file(&path)?;
+            if args.check {
+                println!("{}", config.to_json());
+                return Ok(());
+            }
+            let setter = init_logging(&args.log)?;
+            tracing::info!(file = %path.display(), config = %serde_json_compact(&config), "effective configuration");
+            serve(config, setter)
+        }
+    }
+}
+
+fn serde_json_compact(config: &ProxyConfig) -> String {
+    config
+        .to_json()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn init_logging(args: &LogArgs) -> anyhow::Result<LogLevelSetter> {
+    let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!(
+            "--log-level {:?} is not a valid filter; use e.g. info or info,proxy=debug",
+            args.log_level
+        )
+    })?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
+    if args.log_json {
+        registry.with(fmt.json()).try_init()
+    } else {
+        registry.with(fmt).try_init()
+    }
+    .context("installing the logger")?;
+    Ok(Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| {
+            format!("invalid log filter {level:?}: {e}; use e.g. debug or info,proxy=trace")
+        })?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log filter: {e}"))?;
+        Ok(level.to_owned())
+    }))
+}
+
+/// Starts the proxy, waits for SIGTERM/SIGINT or `/quitquitquit`, drains, exits 0.
+fn serve(config: ProxyConfig, log_level: LogLevelSetter) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-proxy")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let handle = Proxy::start(
+            config,
+            ProxyOptions {
+                log_level: Some(log_level),
+            },
+        )
+        .await?;
+        let quit = handle.shutdown_requested();
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; draining"),
+            _ = int.recv() => tracing::info!("SIGINT received; draining"),
+            _ = quit.cancelled() => tracing::info!("shutdown requested through the admin endpoint; draining"),
+        }
+        let report = handle.shutdown().await;
+        tracing::info!(cut_connections = report.cut_connections, "exiting");
+        anyhow::Ok(())
+    })
 }

@@ -1,0 +1,513 @@
+//! What every proxied connection shares, whichever direction it runs: the table of live
+//! connections (admin and drain), upstream connects, and the two-way pump.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use telemetry::{ByteCounters, ResponseFlags};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::copy::{copy_one_way, CopyEnd};
+use crate::exchange::{read_peer_frame, ExchangeError};
+
+/// Which listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the local workload to a service (source reporter).
+    Outbound,
+    /// From a peer to the local workload (destination reporter).
+    Inbound,
+}
+
+/// What is known about the peer of a live connection.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PeerSummary {
+    /// Verified SPIFFE id (mTLS only).
+    pub identity: Option<String>,
+    /// Workload name from metadata exchange.
+    pub workload: Option<String>,
+    /// Namespace from metadata exchange.
+    pub namespace: Option<String>,
+}
+
+/// One live connection, as `/connections` shows it.
+#[derive(Debug)]
+pub struct LiveEntry {
+    id: u64,
+    direction: Direction,
+    source: SocketAddr,
+    destination: SocketAddr,
+    started: SystemTime,
+    service: Mutex<String>,
+    upstream: Mutex<Option<SocketAddr>>,
+    peer: Mutex<Option<PeerSummary>>,
+    bytes: Arc<ByteCounters>,
+}
+
+impl LiveEntry {
+    /// Records the peer once known.
+    pub fn set_peer(&self, peer: PeerSummary) {
+        *self.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(peer);
+    }
+
+    /// Records the chosen service.
+    pub fn set_service(&self, service: &str) {
+        *self.service.lock().unwrap_or_else(PoisonError::into_inner) = service.to_owned();
+    }
+
+    /// Records the endpoint connected to.
+    pub fn set_upstream(&self, addr: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
+    }
+}
+
+/// A live connection as JSON.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    /// Process-unique id.
+    pub id: u64,
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// Client address.
+    pub source: SocketAddr,
+    /// Address the client connected to (the original destination when captured).
+    pub destination: SocketAddr,
+    /// Endpoint or app address the proxy connected to.
+    pub upstream: Option<SocketAddr>,
+    /// Destination service host.
+    pub service: String,
+    /// Peer identity and workload.
+    pub peer: Option<PeerSummary>,
+    /// Request-direction bytes so far.
+    pub received_bytes: u64,
+    /// Response-direction bytes so far.
+    pub sent_bytes: u64,
+    /// Seconds since accept.
+    pub age_seconds: f64,
+}
+
+/// All live connections.
+#[derive(Debug, Default)]
+pub struct LiveConnections {
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, Arc<LiveEntry>>>,
+    changed: Notify,
+}
+
+impl LiveConnections {
+    /// Registers a connection; it leaves the table when the guard drops.
+    pub fn register(
+        self: &Arc<Self>,
+        direction: Direction,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: Arc<ByteCounters>,
+    ) -> LiveGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(LiveEntry {
+            id,
+            direction,
+            source,
+            destination,
+            started: SystemTime::now(),
+            service: Mutex::new(String::new()),
+            upstream: Mutex::new(None),
+            peer: Mutex::new(None),
+            bytes,
+        });
+        self.lock().insert(id, entry.clone());
+        LiveGuard {
+            table: self.clone(),
+            entry,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<LiveEntry>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// A snapshot for the admin endpoint.
+    pub fn snapshot(&self) -> Vec<ConnectionView> {
+        let now = SystemTime::now();
+        self.lock()
+            .values()
+            .map(|e| ConnectionView {
+                id: e.id,
+                direction: e.direction,
+                source: e.source,
+                destination: e.destination,
+                upstream: *e.upstream.lock().unwrap_or_else(PoisonError::into_inner),
+                service: e
+                    .service
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                peer: e
+                    .peer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                received_bytes: e.bytes.received(),
+                sent_bytes: e.bytes.sent(),
+                age_seconds: now
+                    .duration_since(e.started)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            })
+            .collect()
+    }
+
+    /// Waits until no connection is live or `deadline` passes; true when empty.
+    pub async fn wait_empty(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a close between the check and the wait
+            // still wakes us.
+            notified.as_mut().enable();
+            if self.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_empty();
+            }
+        }
+    }
+}
+
+/// Removes its connection from the table when dropped.
+#[derive(Debug)]
+pub struct LiveGuard {
+    table: Arc<LiveConnections>,
+    entry: Arc<LiveEntry>,
+}
+
+impl LiveGuard {
+    /// The connection's entry.
+    pub fn entry(&self) -> &LiveEntry {
+        &self.entry
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.entry.id);
+        self.table.changed.notify_waiters();
+    }
+}
+
+/// Connects to `addr` within `timeout`, with `SO_MARK` when given and `TCP_NODELAY`.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    mark: Option<u32>,
+) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mark) = mark {
+        // Lets the capture rules recognise the proxy's own traffic (needs CAP_NET_ADMIN).
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .map_err(|e| mark_error(mark, e))?;
+    }
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out after {timeout:?}"),
+            ))
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn mark_error(mark: u32, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("setting SO_MARK {mark} (capture.mark) failed: {e}; run the proxy with CAP_NET_ADMIN or remove capture.mark"),
+    )
+}
+
+/// Checks that upstream sockets can carry `mark`, so a missing capability is reported
+/// at start rather than as a connect failure on every connection.
+pub fn probe_mark(mark: u32) -> io::Result<()> {
+    let socket = TcpSocket::new_v4()?;
+    socket2::SockRef::from(&socket)
+        .set_mark(mark)
+        .map_err(|e| mark_error(mark, e))
+}
+
+/// Which stream carries the peer's metadata frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MxSide {
+    /// The connecting client is the peer (inbound).
+    Downstream,
+    /// The server is the peer (outbound).
+    Upstream,
+}
+
+/// Metadata-exchange reading parameters for [`pump`].
+pub struct MxRead<'a> {
+    /// Which side sends the peer frame.
+    pub side: MxSide,
+    /// Frame size limit.
+    pub max_frame_len: usize,
+    /// Frame time limit.
+    pub timeout: Duration,
+    /// Called exactly once with the result (peer metadata or why it is unknown).
+    pub on_result: &'a mut (dyn FnMut(Option<mx::PeerMetadata>, Option<String>) + Send),
+}
+
+/// How a pump ended.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// Both directions finished (end of stream or an error after which the
+    /// connection is over).
+    Done,
+    /// Metadata exchange failed and the connection was closed.
+    Exchange(ExchangeError),
+    /// The maximum connection duration passed.
+    DurationLimit,
+    /// No byte moved for the idle timeout.
+    Idle,
+    /// The drain deadline passed.
+    Cut,
+}
+
+enum DirEnd {
+    Copy(CopyEnd),
+    Exchange(ExchangeError),
+}
+
+async fn forward<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    mx: Option<MxRead<'_>>,
+    count: &(dyn Fn(u64) + Send + Sync),
+) -> DirEnd
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut prefix = Vec::new();
+    if let Some(mx) = mx {
+        let on_result = mx.on_result;
+        let mut resolved = false;
+        let mut on_quiet = || {
+            // The frame has not come yet: report the connection with an unknown peer
+            // now so it is visible within a reporting interval.
+            on_result(
+                None,
+                Some("no istio-peer-exchange frame within the time limit".into()),
+            );
+            resolved = true;
+        };
+        let frame = read_peer_frame(reader, mx.max_frame_len, mx.timeout, &mut on_quiet).await;
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return DirEnd::Exchange(e),
+        };
+        if !resolved {
+            on_result(frame.peer, frame.unknown_reason);
+        }
+        if frame.eof {
+            if !frame.leftover.is_empty() {
+                return DirEnd::Copy(
+                    copy_one_way(&mut tokio::io::empty(), writer, &frame.leftover, count).await,
+                );
+            }
+            return DirEnd::Copy(copy_one_way(&mut tokio::io::empty(), writer, &[], count).await);
+        }
+        prefix = frame.leftover;
+    }
+    DirEnd::Copy(copy_one_way(reader, writer, &prefix, count).await)
+}
+
+/// Copies both ways between `downstream` (the client) and `upstream` (the server)
+/// until both directions end, counting request bytes as received and response bytes
+/// as sent. With `mx`, the peer's frame is read off the front of its stream first.
+pub async fn pump<D, U>(
+    downstream: D,
+    upstream: U,
+    bytes: &ByteCounters,
+    mx: Option<MxRead<'_>>,
+    limits: PumpLimits,
+    cut: &CancellationToken,
+    log_ctx: &str,
+) -> PumpEnd
+where
+    D: AsyncRead + AsyncWrite + Send,
+    U: AsyncRead + AsyncWrite + Send,
+{
+    let (mut down_r, mut down_w) = tokio::io::split(downstream);
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    let count_received = |n: u64| bytes.add_received(n);
+    let count_sent = |n: u64| bytes.add_sent(n);
+    let (mx_request, mx_response) = match mx {
+        Some(m) if m.side == MxSide::Downstream => (Some(m), None),
+        Some(m) => (None, Some(m)),
+        None => (None, None),
+    };
+    let abort = CancellationToken::new();
+    let exchange_error: Mutex<Option<ExchangeError>> = Mutex::new(None);
+    let finish = |end: DirEnd, what: &str| match end {
+        DirEnd::Copy(CopyEnd::Eof) => {}
+        DirEnd::Copy(CopyEnd::Error { error, after_data }) => {
+            if after_data && is_normal_end(&error) {
+                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended by the peer");
+            } else {
+                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended with an error");
+            }
+            abort.cancel();
+        }
+        DirEnd::Exchange(e) => {
+            *exchange_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e);
+            abort.cancel();
+        }
+    };
+    let request = async {
+        let end = forward(&mut down_r, &mut up_w, mx_request, &count_received).await;
+        finish(end, "request");
+    };
+    let response = async {
+        let end = forward(&mut up_r, &mut down_w, mx_response, &count_sent).await;
+        finish(end, "response");
+    };
+    let limit = async {
+        match limits.max_duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        let Some(timeout) = limits.idle_timeout else {
+            return std::future::pending().await;
+        };
+        // Checked on a coarse tick: the copy loops only bump counters.
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        let mut last = (bytes.received(), bytes.sent());
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = (bytes.received(), bytes.sent());
+            if now != last {
+                last = now;
+                quiet_since = tokio::time::Instant::now();
+            } else if quiet_since.elapsed() >= timeout {
+                return;
+            }
+        }
+    };
+    let end = tokio::select! {
+        _ = async { tokio::join!(request, response) } => PumpEnd::Done,
+        _ = abort.cancelled() => PumpEnd::Done,
+        _ = limit => PumpEnd::DurationLimit,
+        _ = idle => PumpEnd::Idle,
+        _ = cut.cancelled() => PumpEnd::Cut,
+    };
+    match exchange_error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        Some(e) => PumpEnd::Exchange(e),
+        None => end,
+    }
+}
+
+/// Time limits of one pump.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PumpLimits {
+    /// Longest life (`DT` when reached).
+    pub max_duration: Option<Duration>,
+    /// Longest quiet period.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl PumpLimits {
+    /// The limits configured in `limits`.
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            max_duration: limits.max_connection_duration,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+}
+
+/// Resets and broken pipes after data flowed are how many peers end a connection.
+pub fn is_normal_end(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Everything the access log line says about a connection.
+pub struct AccessLog<'a> {
+    /// Direction.
+    pub direction: Direction,
+    /// Client address.
+    pub source: SocketAddr,
+    /// Destination the client asked for.
+    pub destination: SocketAddr,
+    /// Endpoint actually used.
+    pub upstream: Option<SocketAddr>,
+    /// Destination service host.
+    pub service: &'a str,
+    /// Peer identity or workload.
+    pub peer: &'a str,
+    /// Bytes counters.
+    pub bytes: &'a ByteCounters,
+    /// When accepted.
+    pub started: Instant,
+    /// Response flags.
+    pub flags: ResponseFlags,
+}
+
+impl AccessLog<'_> {
+    /// Writes the line (target `access`).
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "access",
+            direction = ?self.direction,
+            src = %self.source,
+            dst = %self.destination,
+            upstream = %self.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            service = self.service,
+            peer = self.peer,
+            received_bytes = self.bytes.received(),
+            sent_bytes = self.bytes.sent(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            response_flags = self.flags.as_str(),
+            "tcp connection closed"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Traffic from peers to the local workload: TLS detection, mTLS termination with
+//! the peer's identity, metadata exchange, and the destination-reporter metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry::{DestinationService, ResponseFlags, SecurityPolicy, TcpLabels, Workload};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{InboundMode, InboundPort};
+use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PeerSummary};
+use crate::exchange::{self, workload_of};
+use crate::outbound::end_flags;
+use crate::sidecar::Shared;
+use crate::stream::EitherStream;
+use crate::tls;
+
+/// Where an inbound connection goes.
+#[derive(Clone, Debug)]
+pub struct InboundTarget {
+    /// The app's address.
+    pub app: SocketAddr,
+    /// The service the port belongs to (unknown when not configured).
+    pub service: DestinationService,
+}
+
+impl InboundTarget {
+    /// The target of a configured port.
+    pub fn for_port(port: &InboundPort) -> Self {
+        Self {
+            app: port.target_addr(),
+            service: port
+                .service
+                .as_ref()
+                .map(|s| DestinationService {
+                    fqdn: s.fqdn(),
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The target of a captured connection: the configured port, else the app on
+    /// `127.0.0.1:<port>` with an unknown service (Istio's inbound passthrough).
+    pub fn for_original_destination(shared: &Shared, destination: SocketAddr) -> Self {
+        match shared
+            .config
+            .inbound
+            .ports
+            .iter()
+            .find(|p| p.port == destination.port())
+        {
+            Some(p) => Self::for_port(p),
+            None => Self {
+                app: SocketAddr::from(([127, 0, 0, 1], destination.port())),
+                service: DestinationService::unknown(),
+            },
+        }
+    }
+}
+
+/// Does the start of a stream look like a TLS ClientHello (handshake record, version 3.x)?
+pub fn looks_like_tls(first: &[u8]) -> bool {
+    matches!(first, [0x16] | [0x16, 0x03, ..])
+}
+
+/// Waits for the client's first bytes; `None` on timeout or error, `Some(empty)` on EOF.
+async fn sniff(client: &TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 3];
+    match tokio::time::timeout(wait, client.peek(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+type Downstream = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Serves one inbound connection to its end.
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    source: SocketAddr,
+    destination: SocketAddr,
+    target: Option<InboundTarget>,
+) {
+    let started = Instant::now();
+    let ctx = format!("inbound {source}->{destination}");
+    let limits = &shared.config.limits;
+    let _ = client.set_nodelay(true);
+
+    // Plaintext or TLS, as the mode allows.
+    let use_tls = match shared.config.inbound.mode {
+        InboundMode::Disable => false,
+        InboundMode::Strict => match sniff(&client, limits.tls_handshake_timeout).await {
+            Some(first) if looks_like_tls(&first) => true,
+            Some(first) if first.is_empty() => return,
+            Some(_) => {
+                tracing::warn!(conn = %ctx, "refusing a plaintext connection: inbound mode is STRICT (mutual TLS only); send it through a sidecar or set inbound.mode: PERMISSIVE");
+                shared.health.refused("plaintext_in_strict");
+                return;
+            }
+            None => {
+                tracing::warn!(conn = %ctx, "no TLS ClientHello within {:?} (inbound mode STRICT); closing", limits.tls_handshake_timeout);
+                shared.health.refused("no_client_hello");
+                return;
+            }
+        },
+        // A silent client may be waiting for a server-first greeting: plaintext.
+        InboundMode::Permissive => sniff(&client, limits.protocol_detection_timeout)
+            .await
+            .is_some_and(|first| looks_like_tls(&first)),
+    };
+
+    let mut peer_identity = None;
+    let mut own_identity = None;
+    let mut exchange_on = false;
+    let downstream: Downstream = if use_tls {
+        let Some(certs) = &shared.certs else {
+            tracing::warn!(conn = %ctx, "TLS connection but no certificates configured; closing");
+            return;
+        };
+        let current = certs.current();
+        let accept = TlsAcceptor::from(current.server_config()).accept(client);
+        match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
+            Ok(Ok(stream)) => {
+                let session = stream.get_ref().1;
+                peer_identity = tls::peer_identity(session.peer_certificates());
+                exchange_on = session.alpn_protocol() == Some(mx::ALPN_PEER_EXCHANGE);
+                own_identity = current.identity().map(str::to_owned);
+                EitherStream::Right(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(conn = %ctx, error = %e, "inbound TLS handshake failed (the client must present a certificate signed by the mesh root)");
+                shared.health.tls_failure(Direction::Inbound);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(conn = %ctx, "inbound TLS handshake timed out after {:?}", limits.tls_handshake_timeout);
+                shared.health.tls_failure(Direction::Inbound);
+                return;
+            }
+        }
+    } else {
+        EitherStream::Left(client)
+    };
+
+    let service = target
+        .as_ref()
+        .map(|t| t.service.clone())
+        .unwrap_or_default();
+    let policy = if use_tls {
+        SecurityPolicy::MutualTls
+    } else {
+        SecurityPolicy::None
+    };
+    let local = shared.local.workload(own_identity.as_deref());
+    let unknown_peer = Workload {
+        principal: peer_identity.clone(),
+        ..Workload::unknown()
+    };
+    let fallback = TcpLabels::inbound(&local, &unknown_peer, &service, policy, ResponseFlags::None);
+    let mut recorder = shared.metrics.recorder(fallback);
+    let bytes = recorder.byte_counters();
+    let guard = shared
+        .live
+        .register(Direction::Inbound, source, destination, bytes.clone());
+    guard.entry().set_service(&service.fqdn);
+    let mut log = AccessLog {
+        direction: Direction::Inbound,
+        source,
+        destination,
+        upstream: None,
+        service: &service.fqdn,
+        peer: peer_identity.as_deref().unwrap_or("unknown"),
+        bytes: &bytes,
+        started,
+        flags: ResponseFlags::None,
+    };
+
+    let _permit = match shared
+        .inbound_permits
+        .as_ref()
+        .map(|s| s.clone().try_acquire_owned())
+    {
+        Some(Err(_)) => {
+            tracing::warn!(conn = %ctx, "inbound connection limit reached (limits.maxConnections); refusing");
+            log.flags = ResponseFlags::UpstreamOverflow;
+            recorder.close(Some(log.flags));
+            log.emit();
+            return;
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+
+    let Some(target) = target else {
+        tracing::warn!(conn = %ctx, "no inbound route: the connection was not redirected by the capture rules (no original destination)");
+        log.flags = ResponseFlags::NoClusterFound;
+        recorder.close(Some(log.flags));
+        log.emit();
+        return;
+    };
+    log.upstream = Some(target.app);
+    guard.entry().set_upstream(target.app);
+    let app = match connection::connect(
+        target.app,
+        limits.connect_timeout,
+        shared.config.capture.mark,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(conn = %ctx, app = %target.app, error = %e, "connecting to the local app failed");
+            log.flags = ResponseFlags::UpstreamConnectionFailure;
+            recorder.close(Some(log.flags));
+            log.emit();
+            return;
+        }
+    };
+
+    let mut downstream = downstream;
+    let mut peer_name = log.peer.to_owned();
+    let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
+        let workload = match &peer {
+            Some(m) => workload_of(m, peer_identity.as_deref()),
+            None => unknown_peer.clone(),
+        };
+        if let Some(reason) = reason {
+            tracing::debug!(conn = %ctx, reason, "peer metadata unknown");
+        }
+        if let Some(m) = &peer {
+            peer_name = format!("{}.{}", m.workload_name, m.namespace);
+        }
+        guard.entry().set_peer(PeerSummary {
+            identity: peer_identity.clone(),
+            workload: peer.as_ref().map(|m| m.workload_name.clone()),
+            namespace: peer.as_ref().map(|m| m.namespace.clone()),
+        });
+        recorder.resolve(TcpLabels::inbound(
+            &local,
+            &workload,
+            &service,
+            policy,
+            ResponseFlags::None,
+        ));
+    };
+    let mx = if exchange_on {
+        if let Err(e) =
+            exchange::write_frame(&mut downstream, shared.local.frame(), limits.mx_timeout).await
+        {
+            tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
+            recorder.close(None);
+            log.emit();
+            return;
+        }
+        Some(MxRead {
+            side: MxSide::Downstream,
+            max_frame_len: limits.mx_max_frame_bytes as usize,
+            timeout: limits.mx_timeout,
+            on_result: &mut on_result,
+        })
+    } else {
+        on_result(None, None);
+        None
+    };
+    let end = connection::pump(
+        downstream,
+        app,
+        &bytes,
+        mx,
+        connection::PumpLimits::from_config(limits),
+        &shared.cut,
+        &ctx,
+    )
+    .await;
+    log.peer = &peer_name;
+    log.flags = end_flags(&end, &ctx);
+    recorder.close(Some(log.flags));
+    log.emit();
+}

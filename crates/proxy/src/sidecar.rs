@@ -1,0 +1,491 @@
+//! Starting and stopping a sidecar: listeners, accept loops, reporting tick,
+//! certificate watcher, admin thread and the drain on shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry::{Registry, TcpMetrics};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminServer, AdminState};
+use crate::config::{ConfigError, ProxyConfig};
+use crate::connection::LiveConnections;
+use crate::exchange::LocalNode;
+use crate::health::HealthMetrics;
+use crate::inbound::{self, InboundTarget};
+use crate::outbound::{self, RouteTable, Target};
+use crate::tls::{CertStore, TlsError};
+
+/// Errors starting a proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The workload certificates could not be loaded.
+    #[error(transparent)]
+    Certificates(#[from] TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {error}; pick a free address or stop the process using it")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The proxy cannot mark its sockets as configured.
+    #[error(transparent)]
+    Mark(std::io::Error),
+    /// The admin thread could not start.
+    #[error("cannot start the admin server thread: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Changes the log filter at runtime (`/logging?level=...`); returns the new filter or
+/// a message explaining why the value was refused.
+pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Options that are not part of the pushed configuration.
+#[derive(Clone, Default)]
+pub struct ProxyOptions {
+    /// How `/logging` changes the log level; `None` disables the endpoint.
+    pub log_level: Option<LogLevelSetter>,
+}
+
+impl std::fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("log_level", &self.log_level.is_some())
+            .finish()
+    }
+}
+
+/// The addresses the proxy actually listens on (useful with port 0).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BoundAddrs {
+    /// Transparent inbound listener.
+    pub inbound: Option<SocketAddr>,
+    /// Transparent outbound listener.
+    pub outbound: Option<SocketAddr>,
+    /// Explicit inbound listeners by app port.
+    pub inbound_ports: BTreeMap<u16, SocketAddr>,
+    /// Explicit outbound listeners by `<name>.<namespace>:<port>`.
+    pub outbound_services: BTreeMap<String, SocketAddr>,
+    /// Admin endpoint.
+    pub admin: SocketAddr,
+    /// Prometheus endpoint.
+    pub stats: SocketAddr,
+    /// Readiness endpoint.
+    pub readiness: SocketAddr,
+}
+
+impl BoundAddrs {
+    /// The explicit outbound listener of a service port.
+    pub fn outbound_service(&self, name: &str, namespace: &str, port: u16) -> Option<SocketAddr> {
+        self.outbound_services
+            .get(&format!("{name}.{namespace}:{port}"))
+            .copied()
+    }
+}
+
+/// State shared by every connection of one proxy.
+pub struct Shared {
+    pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) local: LocalNode,
+    pub(crate) metrics: TcpMetrics,
+    pub(crate) health: HealthMetrics,
+    pub(crate) certs: Option<Arc<CertStore>>,
+    pub(crate) live: Arc<LiveConnections>,
+    pub(crate) routes: RouteTable,
+    /// Cancelled at the drain deadline: live connections are cut.
+    pub(crate) cut: CancellationToken,
+    pub(crate) inbound_permits: Option<Arc<Semaphore>>,
+    pub(crate) outbound_permits: Option<Arc<Semaphore>>,
+}
+
+/// The sidecar proxy.
+#[derive(Debug)]
+pub struct Proxy;
+
+/// What a listener does with the connections it accepts.
+#[derive(Clone)]
+enum Listener {
+    InboundCapture(SocketAddr),
+    InboundPort(InboundTarget),
+    OutboundCapture(SocketAddr),
+    OutboundRoute(Arc<outbound::Route>),
+}
+
+async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind { what, addr, error })
+}
+
+fn local_addr(l: &TcpListener, what: &str, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|error| StartError::Bind {
+        what: what.to_owned(),
+        addr,
+        error,
+    })
+}
+
+/// The original destination of a redirected connection; `None` when it was not
+/// redirected (then the kernel has no NAT entry for it).
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let orig = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    orig.ok().and_then(|a| a.as_socket())
+}
+
+impl Proxy {
+    /// Starts a proxy on the current tokio runtime: loads certificates, binds every
+    /// listener (port 0 picks a free port; see [`ProxyHandle::addrs`]), starts the
+    /// admin thread and reports ready.
+    pub async fn start(
+        config: ProxyConfig,
+        options: ProxyOptions,
+    ) -> Result<ProxyHandle, StartError> {
+        config.validate("configuration")?;
+        if let Some(mark) = config.capture.mark {
+            crate::connection::probe_mark(mark).map_err(StartError::Mark)?;
+        }
+        let config = Arc::new(config);
+        let certs = match &config.tls {
+            Some(tls) => Some(Arc::new(CertStore::load(&tls.cert_dir)?)),
+            None => None,
+        };
+        let mut registry = Registry::default();
+        let metrics = TcpMetrics::new(&mut registry);
+        let health = HealthMetrics::new(&mut registry);
+        let registry = Arc::new(registry);
+        let permits = config
+            .limits
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n as usize)));
+        let shared = Arc::new(Shared {
+            local: LocalNode::new(&config.node),
+            metrics,
+            health,
+            certs: certs.clone(),
+            live: Arc::new(LiveConnections::default()),
+            routes: RouteTable::new(&config.outbound.services),
+            cut: CancellationToken::new(),
+            inbound_permits: permits.clone(),
+            outbound_permits: config
+                .limits
+                .max_connections
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            config: config.clone(),
+        });
+
+        // The endpoint addresses are filled in once the admin thread has bound them.
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut addrs = BoundAddrs {
+            inbound: None,
+            outbound: None,
+            inbound_ports: BTreeMap::new(),
+            outbound_services: BTreeMap::new(),
+            admin: unbound,
+            stats: unbound,
+            readiness: unbound,
+        };
+        let mut listeners = Vec::new();
+        if let Some(addr) = config.inbound.listen {
+            let l = bind("inbound.listen".into(), addr).await?;
+            let bound = local_addr(&l, "inbound.listen", addr)?;
+            addrs.inbound = Some(bound);
+            listeners.push((l, Listener::InboundCapture(bound)));
+        }
+        for port in &config.inbound.ports {
+            if let Some(addr) = port.listen {
+                let what = format!("inbound port {}", port.port);
+                let l = bind(what.clone(), addr).await?;
+                addrs
+                    .inbound_ports
+                    .insert(port.port, local_addr(&l, &what, addr)?);
+                listeners.push((l, Listener::InboundPort(InboundTarget::for_port(port))));
+            }
+        }
+        if let Some(addr) = config.outbound.listen {
+            let l = bind("outbound.listen".into(), addr).await?;
+            let bound = local_addr(&l, "outbound.listen", addr)?;
+            addrs.outbound = Some(bound);
+            listeners.push((l, Listener::OutboundCapture(bound)));
+        }
+        for (addr, what, route) in &shared.routes.explicit {
+            let l = bind(what.clone(), *addr).await?;
+            addrs
+                .outbound_services
+                .insert(what.clone(), local_addr(&l, what, *addr)?);
+            listeners.push((l, Listener::OutboundRoute(route.clone())));
+        }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let quit = CancellationToken::new();
+        let admin = admin::spawn(
+            AdminState {
+                shared: shared.clone(),
+                registry: registry.clone(),
+                ready: ready.clone(),
+                log_level: options.log_level.clone(),
+                quit: quit.clone(),
+            },
+            &config,
+        )?;
+        addrs.admin = admin.admin_addr;
+        addrs.stats = admin.stats_addr;
+        addrs.readiness = admin.readiness_addr;
+
+        let stop_accept = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for (listener, kind) in listeners {
+            tasks.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                listener,
+                kind,
+                stop_accept.clone(),
+            )));
+        }
+        let background = CancellationToken::new();
+        let reporter = {
+            let metrics = shared.metrics.clone();
+            let interval = config.reporting.interval;
+            let stop = background.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => metrics.flush_all(),
+                    }
+                }
+            })
+        };
+        let watcher = match (&certs, &config.tls) {
+            (Some(store), Some(tls)) => {
+                let health = shared.health.clone();
+                Some(store.clone().spawn_watcher(
+                    tls.poll_interval,
+                    background.clone(),
+                    move || health.cert_reloaded(),
+                ))
+            }
+            _ => None,
+        };
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            workload = %config.node.workload_name,
+            namespace = %config.node.namespace,
+            identity = ?certs.as_ref().and_then(|c| c.current().identity().map(str::to_owned)),
+            addrs = %serde_json::to_string(&addrs).unwrap_or_default(),
+            "proxy ready"
+        );
+        Ok(ProxyHandle {
+            addrs,
+            shared,
+            registry,
+            ready,
+            quit,
+            stop_accept,
+            background,
+            accept_tasks: tasks,
+            reporter,
+            watcher,
+            admin: Some(admin),
+        })
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Listener,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let kind = kind.clone();
+        let cut = shared.cut.clone();
+        tokio::spawn(async move {
+            let serve = serve(shared, stream, peer, kind);
+            tokio::select! {
+                // The connection sees the cut itself when it is copying; this branch
+                // ends connections still connecting or handshaking.
+                biased;
+                _ = serve => {}
+                _ = cut.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
+    let local = stream.local_addr().unwrap_or(peer);
+    match kind {
+        Listener::InboundPort(target) => {
+            inbound::handle(shared, stream, peer, local, Some(target)).await
+        }
+        Listener::InboundCapture(listen) => {
+            let (dst, target) = match original_destination(&stream) {
+                Some(dst) if dst != local && dst.port() != listen.port() => (
+                    dst,
+                    Some(InboundTarget::for_original_destination(&shared, dst)),
+                ),
+                _ => (local, None),
+            };
+            inbound::handle(shared, stream, peer, dst, target).await
+        }
+        Listener::OutboundRoute(route) => {
+            outbound::handle(shared, stream, peer, local, Target::Route(route)).await
+        }
+        Listener::OutboundCapture(listen) => {
+            let (dst, target) = match original_destination(&stream) {
+                Some(dst) if dst != local && dst.port() != listen.port() => {
+                    (dst, Target::for_original_destination(&shared, dst))
+                }
+                // A direct connection to the capture port would loop back to us.
+                _ => (local, Target::NoRoute),
+            };
+            outbound::handle(shared, stream, peer, dst, target).await
+        }
+    }
+}
+
+/// What a shutdown did.
+#[derive(Debug)]
+pub struct ShutdownReport {
+    /// Connections still open at the drain deadline, which were cut.
+    pub cut_connections: usize,
+    /// The final metrics exposition, after the last flush.
+    pub final_metrics: String,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    addrs: BoundAddrs,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    quit: CancellationToken,
+    stop_accept: CancellationToken,
+    background: CancellationToken,
+    accept_tasks: Vec<JoinHandle<()>>,
+    reporter: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
+    admin: Option<AdminServer>,
+}
+
+impl std::fmt::Debug for ProxyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHandle")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyHandle {
+    /// The bound addresses.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// Number of connections currently open.
+    pub fn live_connections(&self) -> usize {
+        self.shared.live.len()
+    }
+
+    /// Cancelled when a shutdown is requested through the admin endpoint
+    /// (`/quitquitquit`); the binary also cancels it on SIGTERM/SIGINT.
+    pub fn shutdown_requested(&self) -> CancellationToken {
+        self.quit.clone()
+    }
+
+    /// The current metrics exposition (Prometheus text), as `/stats/prometheus` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.shared.health.set_live(self.shared.live.len());
+        telemetry::encode(&self.registry, telemetry::Format::PrometheusText).unwrap_or_default()
+    }
+
+    /// Stops accepting, lets live connections finish until the drain deadline
+    /// (`limits.drainTimeout`), cuts the rest, flushes every metric and stops the
+    /// admin thread.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        self.ready.store(false, Ordering::SeqCst);
+        self.stop_accept.cancel();
+        for t in self.accept_tasks.drain(..) {
+            let _ = t.await;
+        }
+        let drain = self.shared.config.limits.drain_timeout;
+        tracing::info!(live = self.shared.live.len(), deadline = ?drain, "draining connections");
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut cut_connections = 0;
+        if !self.shared.live.wait_empty(deadline).await {
+            cut_connections = self.shared.live.len();
+            tracing::warn!(
+                cut_connections,
+                "drain deadline reached; closing the remaining connections"
+            );
+            self.shared.cut.cancel();
+            let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+            self.shared.live.wait_empty(grace).await;
+        }
+        // Connections still in their handshake were not in the table: end them too.
+        self.shared.cut.cancel();
+        self.background.cancel();
+        let _ = (&mut self.reporter).await;
+        if let Some(w) = self.watcher.take() {
+            let _ = w.await;
+        }
+        self.shared.metrics.flush_all();
+        let final_metrics = self.metrics_text();
+        if let Some(admin) = self.admin.take() {
+            admin.stop().await;
+        }
+        tracing::info!(cut_connections, "proxy stopped; metrics flushed");
+        ShutdownReport {
+            cut_connections,
+            final_metrics,
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        // A handle dropped without shutdown still stops its tasks and threads.
+        self.stop_accept.cancel();
+        self.background.cancel();
+        self.shared.cut.cancel();
+        if let Some(admin) = self.admin.take() {
+            admin.stop_detached();
+        }
+    }
+}
