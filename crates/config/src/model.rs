@@ -79,12 +79,23 @@ impl Decode for ObjectMeta {
             ],
         );
         let name: String = f.req(cx, "name", "give the resource a name, e.g. `name: reviews`");
+        // Service and Namespace names become one DNS label (`reviews.default.svc...`), so
+        // Kubernetes allows no dots in them; other names are DNS subdomains.
+        let label_name = cx
+            .object
+            .as_ref()
+            .is_some_and(|o| matches!(o.kind, Kind::Service | Kind::Namespace));
+        let rule = if label_name {
+            DnsName::Label
+        } else {
+            DnsName::Subdomain
+        };
         if let Some(n) = f.node("name") {
-            cx.at_key("name", |cx| check_dns_name(cx, n, &name, 253));
+            cx.at_key("name", |cx| check_dns_name(cx, n, &name, rule));
         }
         let namespace: Option<String> = f.opt(cx, "namespace");
         if let (Some(n), Some(ns)) = (f.node("namespace"), &namespace) {
-            cx.at_key("namespace", |cx| check_dns_name(cx, n, ns, 63));
+            cx.at_key("namespace", |cx| check_dns_name(cx, n, ns, DnsName::Label));
         }
         ObjectMeta {
             name,
@@ -96,8 +107,16 @@ impl Decode for ObjectMeta {
     }
 }
 
-/// Kubernetes object names: lowercase RFC 1123 (letters, digits, `-`, `.`).
-fn check_dns_name(cx: &mut Cx<'_>, node: &Node, name: &str, max: usize) {
+/// The two shapes of Kubernetes object names (RFC 1123, lowercase).
+#[derive(Clone, Copy)]
+enum DnsName {
+    /// At most 253 letters, digits, `-` and `.`.
+    Subdomain,
+    /// At most 63 letters, digits and `-`: namespaces, Services.
+    Label,
+}
+
+fn check_dns_name(cx: &mut Cx<'_>, node: &Node, name: &str, rule: DnsName) {
     if name.is_empty() && matches!(node.value, Value::Str(_)) {
         cx.error(
             node,
@@ -106,9 +125,13 @@ fn check_dns_name(cx: &mut Cx<'_>, node: &Node, name: &str, max: usize) {
         );
         return;
     }
+    let (max, dots, allowed) = match rule {
+        DnsName::Subdomain => (253, true, "lowercase letters, digits, '-' or '.'"),
+        DnsName::Label => (63, false, "lowercase letters, digits or '-'"),
+    };
     let valid_chars = name
         .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'));
     let ends_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !name.is_empty() && (!valid_chars || !ends_ok || name.len() > max) {
@@ -116,7 +139,7 @@ fn check_dns_name(cx: &mut Cx<'_>, node: &Node, name: &str, max: usize) {
             .to_ascii_lowercase()
             .chars()
             .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
+                if c.is_ascii_alphanumeric() || (dots && c == '.') {
                     c
                 } else {
                     '-'
@@ -125,9 +148,11 @@ fn check_dns_name(cx: &mut Cx<'_>, node: &Node, name: &str, max: usize) {
             .collect();
         let suggestion = suggestion.trim_matches(['-', '.']).to_string();
         let fix = if suggestion.is_empty() || suggestion.len() > max {
-            format!("use at most {max} lowercase letters, digits, '-' or '.', starting and ending with a letter or digit")
+            format!("use at most {max} {allowed}, starting and ending with a letter or digit")
         } else {
-            format!("use lowercase letters, digits, '-' or '.', starting and ending with a letter or digit, e.g. `{suggestion}`")
+            format!(
+                "use {allowed}, starting and ending with a letter or digit, e.g. `{suggestion}`"
+            )
         };
         cx.error(node, format!("`{name}` is not a valid name"), Some(fix));
     }

@@ -492,6 +492,13 @@ fn yaml_error(err: &serde_saphyr::Error, file: &str) -> Diagnostic {
 /// Rewrites the parser's wording for the errors people actually hit, and adds the fix.
 fn explain_yaml_error(message: &str) -> (String, Option<String>) {
     let m = message.to_ascii_lowercase();
+    // The parser says only "reference to unknown value"; name the YAML feature and the fix.
+    if m.contains("reference to unknown value") || m.contains("unknown anchor") {
+        return (
+            "invalid YAML: an alias (`*name`) refers to an anchor (`&name`) that is not defined before it".into(),
+            Some("define the anchor before the alias that uses it, or write the value out".into()),
+        );
+    }
     if m.contains("depth") || m.contains("recursion limit") || m.contains("nesting") {
         (
             format!("YAML nesting is deeper than {MAX_DEPTH} levels"),
@@ -644,6 +651,17 @@ mod tests {
         assert_eq!((docs[1].line, docs[1].column), (2, 3));
         let index = FieldIndex::build(&docs[1]);
         assert_eq!(index.get("b.c"), Some((3, 10)));
+    }
+
+    #[test]
+    fn unknown_anchor_names_the_fix() {
+        let err = load_yaml("a: 1\nb: *nope\n", "t.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:2:4: invalid YAML: an alias (`*name`) refers to an anchor (`&name`) that is \
+             not defined before it; fix: define the anchor before the alias that uses it, or \
+             write the value out"
+        );
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn duplicate_yaml_key() {
 #[test]
 fn one_bad_document_rejects_the_whole_batch() {
     let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: fine\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n  ports:\n  - port: 0\n    protocol: tcp\n";
-    assert_eq!(rejected(text), ["bad.yaml:9:9: Service \"Bad_Name\": metadata.name: `Bad_Name` is not a valid name; fix: use lowercase letters, digits, '-' or '.', starting and ending with a letter or digit, e.g. `bad-name`", "bad.yaml:12:11: Service \"Bad_Name\": spec.ports[0].port: port 0 is out of range; fix: use a port number from 1 to 65535", "bad.yaml:13:15: Service \"Bad_Name\": spec.ports[0].protocol: `tcp` is not a valid protocol (did you mean `TCP`?); fix: use one of: TCP, UDP, SCTP"]);
+    assert_eq!(rejected(text), ["bad.yaml:9:9: Service \"Bad_Name\": metadata.name: `Bad_Name` is not a valid name; fix: use lowercase letters, digits or '-', starting and ending with a letter or digit, e.g. `bad-name`", "bad.yaml:12:11: Service \"Bad_Name\": spec.ports[0].port: port 0 is out of range; fix: use a port number from 1 to 65535", "bad.yaml:13:15: Service \"Bad_Name\": spec.ports[0].protocol: `tcp` is not a valid protocol (did you mean `TCP`?); fix: use one of: TCP, UDP, SCTP"]);
 }
 
 #[test]
@@ -264,4 +264,20 @@ fn istio_policy_errors() {
     assert_eq!(rejected(text), ["bad.yaml:8:11: PeerAuthentication \"default\": spec.mtls.mode: `STRICTT` is not a valid mTLS mode (did you mean `STRICT`?); fix: use one of: UNSET, DISABLE, PERMISSIVE, STRICT", "bad.yaml:11:5: PeerAuthentication \"default\": spec.portLevelMtls: `db` is not a port number; fix: key each entry by a port number from 1 to 65535", "bad.yaml:9:3: PeerAuthentication \"default\": spec.portLevelMtls: portLevelMtls requires a workload selector; fix: add `selector: {matchLabels: ...}`, or move the mode to `mtls`"]);
     let text = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: mesh-default\n  namespace: istio-system\nspec:\n  metrics:\n  - providers: [{name: prometheus}]\n    reportingInterval: 15\n    overrides:\n    - match: {metric: TCP_OPENED_CONNECTION, mode: CLIENT}\n      tagOverrides:\n        request_protocol: {operation: DROP}\n";
     assert_eq!(rejected(text), ["bad.yaml:9:24: Telemetry \"mesh-default\": spec.metrics[0].reportingInterval: expected a duration, found the integer 15; fix: add a unit: `15s`", "bad.yaml:11:23: Telemetry \"mesh-default\": spec.metrics[0].overrides[0].match.metric: `TCP_OPENED_CONNECTION` is not a valid metric (did you mean `TCP_OPENED_CONNECTIONS`?); fix: use one of: ALL_METRICS, REQUEST_COUNT, REQUEST_DURATION, REQUEST_SIZE, RESPONSE_SIZE, TCP_OPENED_CONNECTIONS, TCP_CLOSED_CONNECTIONS, TCP_SENT_BYTES, TCP_RECEIVED_BYTES, GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES", "bad.yaml:13:39: Telemetry \"mesh-default\": spec.metrics[0].overrides[0].tagOverrides.request_protocol.operation: `DROP` is not a valid tag operation; fix: use one of: UPSERT, REMOVE"]);
+}
+
+#[test]
+fn empty_tag_name() {
+    let text = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: mesh-default\n  namespace: istio-system\nspec:\n  metrics:\n  - overrides:\n    - tagOverrides:\n        \"\": {value: \"'x'\"}\n";
+    assert_eq!(rejected(text), ["bad.yaml:10:9: Telemetry \"mesh-default\": spec.metrics[0].overrides[0].tagOverrides[\"\"]: tag name must not be empty; fix: name the label to set or remove, e.g. `request_protocol:`"]);
+}
+
+#[test]
+fn dotted_service_and_namespace_names() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ratings.v2\n  namespace: team.a\nspec:\n  ports:\n  - port: 9080\n";
+    assert_eq!(rejected(text), ["bad.yaml:4:9: Service \"ratings.v2\": metadata.name: `ratings.v2` is not a valid name; fix: use lowercase letters, digits or '-', starting and ending with a letter or digit, e.g. `ratings-v2`", "bad.yaml:5:14: Service \"ratings.v2\": metadata.namespace: `team.a` is not a valid name; fix: use lowercase letters, digits or '-', starting and ending with a letter or digit, e.g. `team-a`"]);
+    // Other kinds keep DNS subdomain names, dots included.
+    let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: bookinfo.ratings\n";
+    let docs = parse_str(text, "ok.yaml").unwrap();
+    assert_eq!(docs[0].resource.name(), "bookinfo.ratings");
 }

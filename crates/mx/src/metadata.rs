@@ -74,10 +74,12 @@ pub enum MetadataError {
 pub struct ExtraValue(pub Value);
 
 impl ExtraValue {
+    /// The value as received.
     pub fn value(&self) -> &Value {
         &self.0
     }
 
+    /// Consumes `self`, returning the value as received.
     pub fn into_value(self) -> Value {
         self.0
     }

@@ -143,11 +143,33 @@ impl MetricOverrides {
             .iter()
             .filter_map(|(name, op)| match op {
                 TagOperation::Remove => None,
-                TagOperation::Upsert(v) => Some((Arc::from(name.as_str()), v.eval(labels))),
+                TagOperation::Upsert(v) => Some((label_name(name)?, v.eval(labels))),
             })
             .collect();
         labels.clone().customized(remove, set)
     }
+}
+
+/// A tag name as a Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`), as Envoy's Prometheus
+/// output spells tags: other characters become `_`, a leading digit gets a `_` prefix.
+/// Telemetry resources may name tags freely (`app.kubernetes.io/role`); one invalid name
+/// printed as is would make Prometheus reject the whole scrape. `None` for an empty name.
+fn label_name(tag: &str) -> Option<Arc<str>> {
+    if tag.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(tag.len() + 1);
+    if tag.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(tag.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    Some(out.into())
 }
 
 /// Overrides for all four TCP metrics.
@@ -253,6 +275,37 @@ mod tests {
         let names: Vec<_> = out.iter().map(|(k, _)| k).collect();
         assert_eq!(names.len(), 24);
         assert_eq!(names[22..], ["mesh_reporter", "role"]);
+    }
+
+    #[test]
+    fn upserted_names_become_prometheus_label_names() {
+        let labels = TcpLabels::builder(Reporter::Destination).build();
+        let mut o = MetricOverrides::default();
+        for name in ["app.kubernetes.io/role", "9lives", "ok_name", "", "é"] {
+            o.tags.insert(
+                name.into(),
+                TagOperation::Upsert(TagValue::Literal(format!("v{name}"))),
+            );
+        }
+        let out = o.apply(&labels);
+        let extra: Vec<_> = out.iter().skip(23).collect();
+        assert_eq!(
+            extra,
+            [
+                ("_", "vé"),
+                ("_9lives", "v9lives"),
+                ("app_kubernetes_io_role", "vapp.kubernetes.io/role"),
+                ("ok_name", "vok_name"),
+            ]
+        );
+        // A spelling that sanitizes to a standard label replaces it in place.
+        o.tags.insert(
+            "source-app".into(),
+            TagOperation::Upsert(TagValue::Literal("x".into())),
+        );
+        let out = o.apply(&labels);
+        assert_eq!(out.get("source_app"), Some("x"));
+        assert_eq!(out.iter().count(), 27);
     }
 
     #[test]

@@ -91,6 +91,12 @@ fn busy_registry() -> Registry {
         "role",
         TagOperation::Upsert(TagValue::Literal("server".into())),
     );
+    // Telemetry resources may name tags with characters Prometheus label names lack.
+    o.set_tag(
+        Some(TcpMetric::OpenedConnections),
+        "app.kubernetes.io/part-of",
+        TagOperation::Upsert(TagValue::Literal("bookinfo".into())),
+    );
     metrics.set_overrides(o);
     metrics
         .recorder(TcpLabels::inbound(
@@ -123,6 +129,10 @@ fn prometheus_text_passes_promtool() {
     }
     // The odd value survived escaping intact.
     let p = exposition::Parsed::parse(&text);
+    assert!(p
+        .samples
+        .iter()
+        .any(|s| s.label("app_kubernetes_io_part_of") == Some("bookinfo")));
     assert!(p
         .samples
         .iter()

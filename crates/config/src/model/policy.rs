@@ -272,11 +272,29 @@ pub struct MetricsOverride {
 impl Decode for MetricsOverride {
     fn decode(node: &Node, cx: &mut Cx<'_>) -> Self {
         let f = cx.fields(node, &["match", "disabled", "tagOverrides"], &[]);
-        MetricsOverride {
+        let o = MetricsOverride {
             selector: f.opt(cx, "match"),
             disabled: f.opt(cx, "disabled"),
             tag_overrides: f.get(cx, "tagOverrides"),
+        };
+        // Istio rejects an empty tag name; there is no label to set or remove.
+        if let Some(Value::Map(entries)) = f.node("tagOverrides").map(|n| &n.value) {
+            for e in entries.iter().filter(|e| e.key.is_empty()) {
+                cx.at_key("tagOverrides", |cx| {
+                    cx.at_key("", |cx| {
+                        cx.error_at(
+                            e.line,
+                            e.column,
+                            "tag name must not be empty",
+                            Some(
+                                "name the label to set or remove, e.g. `request_protocol:`".into(),
+                            ),
+                        );
+                    });
+                });
+            }
         }
+        o
     }
 }
 

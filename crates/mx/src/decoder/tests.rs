@@ -220,7 +220,7 @@ fn length_over_limit_is_an_error() {
     assert_eq!(dec.feed(&header).unwrap(), Step::NeedMore);
     assert_eq!(dec.declared_len(), Some(100));
 
-    // u32::MAX with the largest limit is still refused on 32-bit and accepted lazily on 64.
+    // The largest declarable length is refused by the default limit before any allocation.
     let mut dec = Decoder::new(DEFAULT_MAX_FRAME_LEN);
     header[4..].copy_from_slice(&u32::MAX.to_be_bytes());
     assert!(matches!(
