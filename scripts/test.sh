@@ -10,6 +10,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== fuzz targets build"
+# cargo-fuzz needs nightly to run them; a plain check keeps them from rotting.
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 echo "== tests"
 # Unit, integration and end-to-end tests; the end-to-end ones build network namespaces
 # and drive the real `weir` binary that cargo builds for them.
