@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use telemetry::{ByteCounters, ResponseFlags};
+use telemetry::{ByteCounters, ResponseFlags, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::copy::{copy_one_way, CopyEnd};
-use crate::exchange::{read_peer_frame, ExchangeError};
+use crate::exchange::{read_peer_frame, workload_of, ExchangeError};
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +57,34 @@ impl LiveEntry {
     /// Records the peer once known.
     pub fn set_peer(&self, peer: PeerSummary) {
         *self.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(peer);
+    }
+
+    /// Records what the metadata exchange (or its absence) told about the peer and
+    /// returns the peer's side of the metrics with, when MX named it, the peer's
+    /// `workload.namespace` for the access log. `unknown_peer` (carrying the verified
+    /// principal, if any) stands in when there was no usable metadata.
+    pub fn note_peer(
+        &self,
+        ctx: &str,
+        peer: Option<&mx::PeerMetadata>,
+        unknown_reason: Option<&str>,
+        unknown_peer: &Workload,
+    ) -> (Workload, Option<String>) {
+        if let Some(reason) = unknown_reason {
+            tracing::debug!(conn = %ctx, reason, "peer metadata unknown");
+        }
+        self.set_peer(PeerSummary {
+            identity: unknown_peer.principal.clone(),
+            workload: peer.map(|m| m.workload_name.clone()),
+            namespace: peer.map(|m| m.namespace.clone()),
+        });
+        match peer {
+            Some(m) => (
+                workload_of(m, unknown_peer.principal.as_deref()),
+                Some(format!("{}.{}", m.workload_name, m.namespace)),
+            ),
+            None => (unknown_peer.clone(), None),
+        }
     }
 
     /// Records the chosen service.

@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{InboundMode, InboundPort};
-use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PeerSummary};
-use crate::exchange::{self, workload_of};
+use crate::connection::{self, AccessLog, Direction, MxRead, MxSide};
+use crate::exchange;
 use crate::outbound::end_flags;
 use crate::sidecar::Shared;
 use crate::stream::EitherStream;
@@ -225,21 +225,13 @@ pub async fn handle(
     let mut downstream = downstream;
     let mut peer_name = log.peer.to_owned();
     let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
-        let workload = match &peer {
-            Some(m) => workload_of(m, peer_identity.as_deref()),
-            None => unknown_peer.clone(),
-        };
-        if let Some(reason) = reason {
-            tracing::debug!(conn = %ctx, reason, "peer metadata unknown");
+        let (workload, name) =
+            guard
+                .entry()
+                .note_peer(&ctx, peer.as_ref(), reason.as_deref(), &unknown_peer);
+        if let Some(name) = name {
+            peer_name = name;
         }
-        if let Some(m) = &peer {
-            peer_name = format!("{}.{}", m.workload_name, m.namespace);
-        }
-        guard.entry().set_peer(PeerSummary {
-            identity: peer_identity.clone(),
-            workload: peer.as_ref().map(|m| m.workload_name.clone()),
-            namespace: peer.as_ref().map(|m| m.namespace.clone()),
-        });
         recorder.resolve(TcpLabels::inbound(
             &local,
             &workload,

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Endpoint, EndpointTls, LoadBalancer, OutboundService, OutboundTrafficPolicy};
-use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PeerSummary, PumpEnd};
-use crate::exchange::{self, workload_of};
+use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PumpEnd};
+use crate::exchange;
 use crate::sidecar::Shared;
 use crate::stream::EitherStream;
 use crate::tls;
@@ -348,21 +348,13 @@ pub async fn handle(
     let limits = &shared.config.limits;
     let mut peer_name = peer_identity.clone().unwrap_or_else(|| "unknown".into());
     let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
-        let workload = match &peer {
-            Some(m) => workload_of(m, peer_identity.as_deref()),
-            None => unknown_peer.clone(),
-        };
-        if let Some(reason) = reason {
-            tracing::debug!(conn = %ctx, reason, "peer metadata unknown");
+        let (workload, name) =
+            guard
+                .entry()
+                .note_peer(&ctx, peer.as_ref(), reason.as_deref(), &unknown_peer);
+        if let Some(name) = name {
+            peer_name = name;
         }
-        if let Some(m) = &peer {
-            peer_name = format!("{}.{}", m.workload_name, m.namespace);
-        }
-        guard.entry().set_peer(PeerSummary {
-            identity: peer_identity.clone(),
-            workload: peer.as_ref().map(|m| m.workload_name.clone()),
-            namespace: peer.as_ref().map(|m| m.namespace.clone()),
-        });
         recorder.resolve(TcpLabels::outbound(
             &local,
             &workload,
