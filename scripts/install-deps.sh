@@ -18,6 +18,7 @@ declare -A need=(
   [haproxy]=haproxy
   [iperf3]=iperf3
   [redis-server]=redis-server
+  [curl]=curl
 )
 missing=()
 for cmd in "${!need[@]}"; do
