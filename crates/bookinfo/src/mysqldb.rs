@@ -270,17 +270,24 @@ fn spawn(
 /// Starts MariaDB and runs until it exits or this process gets SIGTERM/SIGINT, which
 /// stop it cleanly.
 pub async fn run(config: MysqldbConfig) -> Result<(), MysqldbError> {
-    let mut db = start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| MysqldbError::Io {
-            what: "installing SIGTERM handler",
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers go in before MariaDB starts: a stop request that arrives while it is
+    // still starting is held and honoured once it is up, instead of killing this
+    // process with the default action and orphaning mariadbd.
+    let handler = |kind: SignalKind, what: &'static str| {
+        signal(kind).map_err(|source| MysqldbError::Io {
+            what,
             path: PathBuf::new(),
             source,
-        })?;
+        })
+    };
+    let mut term = handler(SignalKind::terminate(), "installing SIGTERM handler")?;
+    let mut int = handler(SignalKind::interrupt(), "installing SIGINT handler")?;
+    let mut db = start(config).await?;
     let exited = tokio::select! {
         status = db.wait() => Some(status),
         _ = term.recv() => None,
-        _ = tokio::signal::ctrl_c() => None,
+        _ = int.recv() => None,
     };
     match exited {
         Some(status) => {
