@@ -121,11 +121,11 @@ step "Issuing workload certificates (SPIFFE identities) from a fresh local CA"
 echo "    spiffe://cluster.local/ns/default/sa/default for both workloads (Bookinfo gives neither a service account)"
 
 step "Starting MariaDB in the mysqldb pod (Istio's ratings table)"
-mkdir -p "$work/mysql"
-mariadb-install-db --no-defaults --user=root --datadir="$work/mysql" --skip-test-db \
+mkdir -p "$work/mysql" "$work/mysql-tmp"
+mariadb-install-db --no-defaults --user=root --datadir="$work/mysql" --tmpdir="$work/mysql-tmp" --skip-test-db \
   --auth-root-authentication-method=normal >"$work/logs/mariadb-install.log" 2>&1 \
   || die "mariadb-install-db failed; see $work/logs/mariadb-install.log"
-ip netns exec "$prefix-mysqldb" mariadbd --no-defaults --user=root --datadir="$work/mysql" \
+ip netns exec "$prefix-mysqldb" mariadbd --no-defaults --user=root --datadir="$work/mysql" --tmpdir="$work/mysql-tmp" \
   --socket="$work/mysql.sock" --pid-file="$work/mysql/mariadb.pid" --port=3306 \
   --bind-address=0.0.0.0 --skip-name-resolve --skip-log-bin --innodb-buffer-pool-size=16M \
   >"$work/logs/mariadb.log" 2>&1 &

@@ -236,10 +236,12 @@ fn spawn(
         datadir = %config.datadir.display(), bind = %config.bind_address, port = config.port,
         networking, "starting mariadbd"
     );
+    let tmpdir = private_tmpdir(&config)?;
     let mut cmd = Command::new(mariadbd);
     cmd.arg("--no-defaults")
         .arg("--user=root")
         .arg(format!("--datadir={}", config.datadir.display()))
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .arg("--skip-name-resolve")
         .arg(format!("--socket={}", config.socket.display()))
         .arg(format!(
@@ -328,12 +330,32 @@ fn find_program(program: &Path) -> Result<PathBuf, MysqldbError> {
         })
 }
 
+/// A temporary-file directory of this server's own, beside its data directory: servers
+/// that share one (`/tmp` by default) collide on their internal temporary tables when
+/// they bootstrap at the same time.
+fn private_tmpdir(config: &MysqldbConfig) -> Result<PathBuf, MysqldbError> {
+    let name = config
+        .datadir
+        .file_name()
+        .map(|n| format!("{}.tmp", n.to_string_lossy()))
+        .unwrap_or_else(|| "mariadb.tmp".to_owned());
+    let dir = config.datadir.with_file_name(name);
+    std::fs::create_dir_all(&dir).map_err(|source| MysqldbError::Io {
+        what: "creating MariaDB's temporary directory",
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
 async fn install(install_db: &Path, config: &MysqldbConfig) -> Result<(), MysqldbError> {
     tracing::info!(datadir = %config.datadir.display(), "initialising MariaDB data directory");
+    let tmpdir = private_tmpdir(config)?;
     let run = Command::new(install_db)
         .arg("--no-defaults")
         .arg("--user=root")
         .arg(format!("--datadir={}", config.datadir.display()))
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .arg("--auth-root-authentication-method=normal")
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -27,11 +27,14 @@ impl MariaDb {
     pub fn start(env: &Env, pod: &str) -> Self {
         let dir = env.path("mariadb");
         let data = dir.join("data");
-        std::fs::create_dir_all(&dir).expect("mariadb dir");
+        // A private tmpdir: concurrent bootstraps sharing /tmp collide on temp tables.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mariadb dir");
         let install = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
                 &format!("--datadir={}", data.display()),
+                &format!("--tmpdir={}", tmp.display()),
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--user=root",
@@ -53,6 +56,7 @@ impl MariaDb {
             "--no-defaults".to_owned(),
             "--user=root".to_owned(),
             format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", tmp.display()),
             format!("--socket={socket}"),
             format!("--pid-file={}", dir.join("mysqld.pid").display()),
             format!("--port={PORT}"),
