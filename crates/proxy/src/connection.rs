@@ -521,6 +521,14 @@ pub struct AccessLog<'a> {
 }
 
 impl AccessLog<'_> {
+    /// Ends the connection with `flags`: records `closed` (and the last bytes) under
+    /// them, then writes the access log line.
+    pub fn finish(mut self, recorder: telemetry::ConnectionRecorder, flags: ResponseFlags) {
+        self.flags = flags;
+        recorder.close(Some(flags));
+        self.emit();
+    }
+
     /// Writes the line (target `access`).
     pub fn emit(&self) {
         tracing::info!(

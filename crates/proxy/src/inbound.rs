@@ -187,9 +187,7 @@ pub async fn handle(
     {
         Some(Err(_)) => {
             tracing::warn!(conn = %ctx, "inbound connection limit reached (limits.maxConnections); refusing");
-            log.flags = ResponseFlags::UpstreamOverflow;
-            recorder.close(Some(log.flags));
-            log.emit();
+            log.finish(recorder, ResponseFlags::UpstreamOverflow);
             return;
         }
         Some(Ok(p)) => Some(p),
@@ -198,9 +196,7 @@ pub async fn handle(
 
     let Some(target) = target else {
         tracing::warn!(conn = %ctx, "no inbound route: the connection was not redirected by the capture rules (no original destination)");
-        log.flags = ResponseFlags::NoClusterFound;
-        recorder.close(Some(log.flags));
-        log.emit();
+        log.finish(recorder, ResponseFlags::NoClusterFound);
         return;
     };
     log.upstream = Some(target.app);
@@ -215,9 +211,7 @@ pub async fn handle(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(conn = %ctx, app = %target.app, error = %e, "connecting to the local app failed");
-            log.flags = ResponseFlags::UpstreamConnectionFailure;
-            recorder.close(Some(log.flags));
-            log.emit();
+            log.finish(recorder, ResponseFlags::UpstreamConnectionFailure);
             return;
         }
     };
@@ -270,7 +264,5 @@ pub async fn handle(
     )
     .await;
     log.peer = &peer_name;
-    log.flags = end_flags(&end, &ctx);
-    recorder.close(Some(log.flags));
-    log.emit();
+    log.finish(recorder, end_flags(&end, &ctx));
 }

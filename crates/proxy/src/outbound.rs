@@ -273,9 +273,7 @@ pub async fn handle(
     {
         Some(Err(_)) => {
             tracing::warn!(conn = %ctx, "outbound connection limit reached (limits.maxConnections); refusing");
-            log.flags = ResponseFlags::UpstreamOverflow;
-            recorder.close(Some(log.flags));
-            log.emit();
+            log.finish(recorder, ResponseFlags::UpstreamOverflow);
             return;
         }
         Some(Ok(p)) => Some(p),
@@ -393,9 +391,7 @@ pub async fn handle(
     )
     .await;
     log.peer = &peer_name;
-    log.flags = end_flags(&end, &ctx);
-    recorder.close(Some(log.flags));
-    log.emit();
+    log.finish(recorder, end_flags(&end, &ctx));
 }
 
 #[cfg(test)]
