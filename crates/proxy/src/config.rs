@@ -89,6 +89,9 @@ pub struct ProxyConfig {
     /// Settings shared with the traffic-capture rules.
     #[serde(default)]
     pub capture: CaptureConfig,
+    /// Metric reporting switches and Telemetry API overrides.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Who this sidecar is.
@@ -284,15 +287,22 @@ pub struct OutboundConfig {
     pub services: Vec<OutboundService>,
 }
 
-/// Load-balancing algorithm across a service port's endpoints.
+/// Load-balancing algorithm across a service port's endpoints (Istio `DestinationRule`
+/// `trafficPolicy.loadBalancer.simple`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LoadBalancer {
     /// Each new connection goes to the next endpoint in turn.
     #[default]
     RoundRobin,
+    /// The endpoint with the fewest active connections from this proxy (two random
+    /// choices, the lesser loaded wins, as Envoy does).
+    LeastRequest,
     /// A uniformly random endpoint.
     Random,
+    /// No balancing: the connection goes to the address the application asked for
+    /// (its original destination), as Envoy's original-destination cluster.
+    Passthrough,
 }
 
 /// A service this workload calls.
@@ -337,9 +347,58 @@ pub struct OutboundPort {
     /// An explicit listener for this service port (no iptables): the app connects here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Where connections go. Empty means no healthy upstream (`UH`).
+    /// Where connections go when `routes` is empty. Empty means no healthy upstream
+    /// (`UH`).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Weighted destinations (a VirtualService's TCP route, or an HTTP route without
+    /// match applied per connection). Each new connection picks one by weight; when
+    /// empty, `endpoints` of this service are used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Most concurrent connections to this service port (DestinationRule
+    /// `connectionPool.tcp.maxConnections`); more are refused with `UO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Upstream connect timeout for this port (DestinationRule
+    /// `connectionPool.tcp.connectTimeout`); `limits.connectTimeout` when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::serde_opt_duration"
+    )]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// One weighted destination of a service port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Relative weight; a route with weight 0 gets no connection.
+    #[serde(default = "default_route_weight")]
+    pub weight: u32,
+    /// The service (and subset) the connection goes to. It names the
+    /// `destination_service*` labels.
+    pub destination: ServiceRef,
+    /// DestinationRule subset name, if the route names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// Load balancing among this route's endpoints; the service's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// The destination's endpoints (subset members only). Empty means no healthy upstream
+    /// (`UH`).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Set when the destination cannot be resolved (no such service or subset): new
+    /// connections on this route are refused with `NC`, as Envoy does for a route to a
+    /// missing cluster. The text says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
+}
+
+fn default_route_weight() -> u32 {
+    1
 }
 
 /// How the proxy talks to an endpoint (Istio `DestinationRule` `trafficPolicy.tls.mode`).
@@ -552,6 +611,78 @@ pub struct CaptureConfig {
     pub mark: Option<u32>,
 }
 
+/// Metric reporting switches and Telemetry API overrides (resolved mesh → namespace →
+/// workload by the control plane).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Records and exports the `istio_tcp_*` metrics. `false` turns per-connection
+    /// accounting off entirely (the proxy still forwards and logs).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Telemetry API `metrics[].overrides`, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<MetricOverride>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One Telemetry API override: a metric (or all of them), disabled and/or tag changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricOverride {
+    /// `TCP_OPENED_CONNECTIONS`, `TCP_CLOSED_CONNECTIONS`, `TCP_SENT_BYTES`,
+    /// `TCP_RECEIVED_BYTES` or `ALL_METRICS` (the default). Other (HTTP/gRPC) metric
+    /// names are accepted and have no effect on a TCP proxy.
+    #[serde(default = "default_all_metrics")]
+    pub metric: String,
+    /// Do not report the metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// Label name → operation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_overrides: BTreeMap<String, TagOverride>,
+}
+
+fn default_all_metrics() -> String {
+    "ALL_METRICS".to_owned()
+}
+
+/// A Telemetry API tag override.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagOverride {
+    /// `UPSERT` (the default) or `REMOVE`.
+    #[serde(default)]
+    pub operation: TagOperationKind,
+    /// For `UPSERT`: a CEL-like expression as Istio's docs use, e.g. a quoted literal
+    /// `"'v1'"`, `upstream_peer.labels['app'].value`, `destination_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Tag override operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TagOperationKind {
+    /// Set the label.
+    #[default]
+    Upsert,
+    /// Drop the label.
+    Remove,
+}
+
 /// The format of a configuration text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -635,6 +766,7 @@ impl ProxyConfig {
             stats: StatsConfig { listen: loopback0 },
             readiness: ReadinessConfig { listen: loopback0 },
             capture: CaptureConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 

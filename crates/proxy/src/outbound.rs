@@ -56,7 +56,10 @@ impl Route {
             return Vec::new();
         }
         let start = match self.load_balancer {
-            LoadBalancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            // LEAST_REQUEST and PASSTHROUGH are placeholders until routing lands.
+            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest | LoadBalancer::Passthrough => {
+                self.next.fetch_add(1, Ordering::Relaxed) % n
+            }
             LoadBalancer::Random => {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_usize(self.next.fetch_add(1, Ordering::Relaxed));

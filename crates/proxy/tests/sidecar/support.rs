@@ -173,6 +173,9 @@ pub fn with_service(
             port,
             listen: Some(loopback0()),
             endpoints,
+            routes: Vec::new(),
+            max_connections: None,
+            connect_timeout: None,
         }],
     });
     c

@@ -125,6 +125,9 @@ impl ForwardArgs {
                     tls: EndpointTls::Disable,
                     identity: None,
                 }],
+                routes: Vec::new(),
+                max_connections: None,
+                connect_timeout: None,
             }],
         });
         c.stats.listen = self.stats;

@@ -159,6 +159,9 @@ pub fn outbound_service(
             port,
             listen: None,
             endpoints,
+            routes: Vec::new(),
+            max_connections: None,
+            connect_timeout: None,
         }],
     }
 }
