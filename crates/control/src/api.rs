@@ -55,12 +55,17 @@ pub struct GetQuery {
     pub output: Option<String>,
 }
 
-type Shared = Arc<Mutex<Store>>;
+/// A store shared between the API, the sources and the configuration compute.
+pub type Shared = Arc<Mutex<Store>>;
 type Answer = (StatusCode, Json<Reply>);
 
-/// The API's routes over a store.
-pub fn router(store: Store) -> Router {
-    let shared: Shared = Arc::new(Mutex::new(store));
+/// Wraps a store for sharing.
+pub fn shared(store: Store) -> Shared {
+    Arc::new(Mutex::new(store))
+}
+
+/// The API's routes over a shared store.
+pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/apply", post(apply))
         .route("/delete", post(delete))
@@ -72,7 +77,8 @@ pub fn router(store: Store) -> Router {
         .with_state(shared)
 }
 
-fn lock(store: &Shared) -> MutexGuard<'_, Store> {
+/// Locks a shared store.
+pub fn lock(store: &Shared) -> MutexGuard<'_, Store> {
     // A panic while holding the lock cannot leave the store half-changed (changes are
     // committed by assignment after the write), so a poisoned lock is still consistent.
     store.lock().unwrap_or_else(|p| p.into_inner())
@@ -345,7 +351,7 @@ async fn healthz(State(store): State<Shared>) -> Answer {
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Store,
+    store: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(store))

@@ -6,4 +6,5 @@
 
 pub mod api;
 pub mod ca;
+pub mod source;
 pub mod store;

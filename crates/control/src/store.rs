@@ -9,12 +9,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use config::{ApplyOutcome, DeleteOutcome, Diagnostic, Document, Errors, Kind, ResourceSet};
+use config::{
+    ApplyOutcome, DeleteOutcome, Diagnostic, Document, Errors, Kind, ObjectKey, ResourceSet,
+};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 /// The snapshot file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -69,12 +73,22 @@ struct Snapshot {
     objects: Vec<serde_json::Value>,
 }
 
+/// One committed state of the store, as subscribers see it.
+#[derive(Clone, Debug)]
+pub struct Revision {
+    /// The revision number.
+    pub revision: u64,
+    /// The resources at that revision.
+    pub resources: Arc<ResourceSet>,
+}
+
 /// Resources kept in a state directory, with a revision that grows by one per change.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    set: ResourceSet,
+    set: Arc<ResourceSet>,
     revision: u64,
+    changes: watch::Sender<Revision>,
     // Held for the store's lifetime: the OS releases the lock when the file closes.
     _lock: Flock<File>,
 }
@@ -103,10 +117,16 @@ impl Store {
             Err(e) => return Err(io(&temp, e)),
         }
         let (set, revision) = load(&dir.join(STATE_FILE))?;
+        let set = Arc::new(set);
+        let (changes, _) = watch::channel(Revision {
+            revision,
+            resources: set.clone(),
+        });
         Ok(Store {
             dir: dir.to_path_buf(),
             set,
             revision,
+            changes,
             _lock: lock,
         })
     }
@@ -126,10 +146,16 @@ impl Store {
         &self.set
     }
 
+    /// Every committed change from now on (the current state first). Consumers such as
+    /// the per-proxy configuration compute follow it; a slow one sees the latest state.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.changes.subscribe()
+    }
+
     /// Applies a batch atomically: on any error nothing changes, in memory or on disk. The
     /// revision grows only when some object was created or configured.
     pub fn apply(&mut self, docs: Vec<Document>) -> Result<(Vec<ApplyOutcome>, u64), ApplyError> {
-        let mut next = self.set.clone();
+        let mut next = ResourceSet::clone(&self.set);
         let outcomes = next.apply(docs).map_err(ApplyError::Invalid)?;
         let changed = outcomes
             .iter()
@@ -142,12 +168,26 @@ impl Store {
 
     /// Deletes the objects the documents name (`delete -f`).
     pub fn delete(&mut self, docs: &[Document]) -> Result<(Vec<DeleteOutcome>, u64), StoreError> {
-        let mut next = self.set.clone();
+        let mut next = ResourceSet::clone(&self.set);
         let outcomes = next.delete_documents(docs);
         if outcomes.iter().any(|o| o.found) {
             self.commit(next)?;
         }
         Ok((outcomes, self.revision))
+    }
+
+    /// Deletes objects by key, in one revision; returns the keys that existed.
+    pub fn delete_keys(&mut self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>, StoreError> {
+        let mut next = ResourceSet::clone(&self.set);
+        let found: Vec<ObjectKey> = keys
+            .iter()
+            .filter(|k| next.delete(k.kind, &k.namespace, &k.name).is_some())
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            self.commit(next)?;
+        }
+        Ok(found)
     }
 
     /// One object; `namespace` is ignored for cluster-scoped kinds.
@@ -184,8 +224,12 @@ impl Store {
             }
         })?;
         write_atomically(&self.dir, &bytes)?;
-        self.set = next;
+        self.set = Arc::new(next);
         self.revision = revision;
+        self.changes.send_replace(Revision {
+            revision,
+            resources: self.set.clone(),
+        });
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ impl Running {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime
-                .block_on(serve(listener, store, async {
+                .block_on(serve(listener, shared(store), async {
                     let _ = rx.await;
                 }))
                 .unwrap();

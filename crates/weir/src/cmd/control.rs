@@ -94,7 +94,7 @@ fn serve(state_dir: PathBuf, listen: &str) -> anyhow::Result<()> {
         std::io::stdout()
             .flush()
             .context("cannot write to standard output")?;
-        control::api::serve(listener, store, shutdown())
+        control::api::serve(listener, control::api::shared(store), shutdown())
             .await
             .context("the control plane's API server failed")
     })
