@@ -162,7 +162,7 @@ async fn serve_all(
 
 async fn index() -> &'static str {
     "weir proxy admin\n\
-     GET  /config_dump        effective configuration and identity (JSON)\n\
+     GET  /config_dump        effective configuration, its version and identity (JSON)\n\
      GET  /connections        live connections with peer and bytes (JSON)\n\
      POST /logging?level=L    change the log filter (e.g. debug, info, proxy=trace)\n\
      POST /quitquitquit       drain and exit\n\
@@ -184,8 +184,10 @@ async fn config_dump(State(s): State<AdminState>) -> Response {
         .certs
         .as_ref()
         .and_then(|c| c.current().identity().map(str::to_owned));
-    let config = serde_json::to_value(&*s.shared.config).unwrap_or_default();
+    let current = s.shared.current();
+    let config = serde_json::to_value(&*current.config).unwrap_or_default();
     json(serde_json::json!({
+        "version": current.version,
         "identity": identity,
         "metadata": {
             "NAME": s.shared.local.metadata().name,

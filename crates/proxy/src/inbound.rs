@@ -9,11 +9,11 @@ use telemetry::{DestinationService, ResponseFlags, SecurityPolicy, TcpLabels, Wo
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{InboundMode, InboundPort};
+use crate::config::{InboundMode, InboundPort, ProxyConfig};
 use crate::connection::{self, AccessLog, Direction, MxRead, MxSide};
 use crate::exchange;
 use crate::outbound::end_flags;
-use crate::sidecar::Shared;
+use crate::sidecar::{Generation, Shared};
 use crate::stream::EitherStream;
 use crate::tls;
 
@@ -45,9 +45,8 @@ impl InboundTarget {
 
     /// The target of a captured connection: the configured port, else the app on
     /// `127.0.0.1:<port>` with an unknown service (Istio's inbound passthrough).
-    pub fn for_original_destination(shared: &Shared, destination: SocketAddr) -> Self {
-        match shared
-            .config
+    pub fn for_original_destination(config: &ProxyConfig, destination: SocketAddr) -> Self {
+        match config
             .inbound
             .ports
             .iter()
@@ -78,9 +77,11 @@ async fn sniff(client: &TcpStream, wait: Duration) -> Option<Vec<u8>> {
 
 type Downstream = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
-/// Serves one inbound connection to its end.
-pub async fn handle(
+/// Serves one inbound connection to its end, under the configuration `gen` it was
+/// accepted with.
+pub(crate) async fn handle(
     shared: Arc<Shared>,
+    gen: Arc<Generation>,
     client: TcpStream,
     source: SocketAddr,
     destination: SocketAddr,
@@ -88,11 +89,11 @@ pub async fn handle(
 ) {
     let started = Instant::now();
     let ctx = format!("inbound {source}->{destination}");
-    let limits = &shared.config.limits;
+    let limits = &gen.config.limits;
     let _ = client.set_nodelay(true);
 
     // Plaintext or TLS, as the mode allows.
-    let use_tls = match shared.config.inbound.mode {
+    let use_tls = match gen.config.inbound.mode {
         InboundMode::Disable => false,
         InboundMode::Strict => match sniff(&client, limits.tls_handshake_timeout).await {
             Some(first) if looks_like_tls(&first) => true,
@@ -180,7 +181,7 @@ pub async fn handle(
         flags: ResponseFlags::None,
     };
 
-    let _permit = match shared
+    let _permit = match gen
         .inbound_permits
         .as_ref()
         .map(|s| s.clone().try_acquire_owned())
@@ -201,12 +202,8 @@ pub async fn handle(
     };
     log.upstream = Some(target.app);
     guard.entry().set_upstream(target.app);
-    let app = match connection::connect(
-        target.app,
-        limits.connect_timeout,
-        shared.config.capture.mark,
-    )
-    .await
+    let app = match connection::connect(target.app, limits.connect_timeout, gen.config.capture.mark)
+        .await
     {
         Ok(s) => s,
         Err(e) => {

@@ -30,5 +30,5 @@ pub mod tls;
 
 pub use sidecar::{
     BoundAddrs, LogLevelSetter, Proxy, ProxyHandle, ProxyOptions, Shared, ShutdownReport,
-    StartError,
+    StartError, UpdateError, UpdateSummary,
 };

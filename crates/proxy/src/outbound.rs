@@ -3,114 +3,210 @@
 //! source-reporter metrics.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use telemetry::{DestinationService, ResponseFlags, TcpLabels, Workload};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Endpoint, EndpointTls, LoadBalancer, OutboundService, OutboundTrafficPolicy};
+use crate::config::{
+    Endpoint, EndpointTls, LoadBalancer, OutboundPort, OutboundService, OutboundTrafficPolicy,
+    ServiceRef,
+};
 use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PumpEnd};
 use crate::exchange;
-use crate::sidecar::Shared;
+use crate::sidecar::{Generation, Shared};
 use crate::stream::EitherStream;
 use crate::tls;
+
+mod balance;
+
+use balance::{ActiveGuard, EndpointPool};
 
 /// Service name Istio reports for traffic to unknown destinations it lets through.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Service name Istio reports for traffic to unknown destinations it refuses.
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 
-/// One service port and where its connections go.
-#[derive(Debug)]
-pub struct Route {
-    service: DestinationService,
-    endpoints: Vec<Endpoint>,
-    load_balancer: LoadBalancer,
-    next: AtomicUsize,
+fn destination_service(r: &ServiceRef) -> DestinationService {
+    DestinationService {
+        fqdn: r.fqdn(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+    }
 }
 
-impl Route {
-    fn new(svc: &OutboundService, endpoints: Vec<Endpoint>) -> Self {
-        let r = svc.service_ref();
-        Self {
-            service: DestinationService {
-                fqdn: r.fqdn(),
-                name: r.name.clone(),
-                namespace: r.namespace.clone(),
-            },
-            endpoints,
-            load_balancer: svc.load_balancer,
-            next: AtomicUsize::new(0),
+/// One weighted destination of a service port.
+#[derive(Debug)]
+pub struct WeightedRoute {
+    weight: u32,
+    /// The `destination_service*` labels of connections on this route.
+    service: DestinationService,
+    subset: Option<String>,
+    /// Why the destination cannot be resolved; connections are refused with `NC`.
+    unresolved: Option<String>,
+    pool: EndpointPool,
+}
+
+/// One service port: its weighted routes and connection-pool limits.
+#[derive(Debug)]
+pub struct ServicePort {
+    /// `<name>.<namespace>:<port>`.
+    key: String,
+    routes: Vec<WeightedRoute>,
+    total_weight: u64,
+    max_connections: Option<u32>,
+    active: Arc<AtomicUsize>,
+    connect_timeout: Option<Duration>,
+}
+
+impl ServicePort {
+    /// Picks the route of a new connection: weighted random, as Envoy picks among
+    /// weighted clusters. Stateless (no lock or shared cursor between connections) and
+    /// unbiased over time; a smooth round robin would be exact over short runs but needs
+    /// a lock per connection.
+    fn choose(&self) -> &WeightedRoute {
+        if self.total_weight == 0 || self.routes.len() == 1 {
+            return &self.routes[0];
         }
+        let r = balance::random_below(self.total_weight);
+        let i = balance::pick_weighted(self.routes.iter().map(|r| r.weight), r).unwrap_or(0);
+        &self.routes[i]
     }
 
-    /// The endpoints to try, in order: the balancer's choice first, then the next ones.
-    fn attempt_order(&self, attempts: usize) -> Vec<&Endpoint> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let start = match self.load_balancer {
-            // LEAST_REQUEST and PASSTHROUGH are placeholders until routing lands.
-            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest | LoadBalancer::Passthrough => {
-                self.next.fetch_add(1, Ordering::Relaxed) % n
-            }
-            LoadBalancer::Random => {
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_usize(self.next.fetch_add(1, Ordering::Relaxed));
-                (h.finish() % n as u64) as usize
-            }
-        };
-        (0..attempts.min(n))
-            .map(|i| &self.endpoints[(start + i) % n])
-            .collect()
+    /// The `<name>.<namespace>:<port>` key of this service port.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
 /// Where outbound connections go.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_destination: HashMap<SocketAddr, Arc<Route>>,
-    /// Explicit listeners: address, `<name>.<namespace>:<port>`, route.
-    pub(crate) explicit: Vec<(SocketAddr, String, Arc<Route>)>,
+    by_destination: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// Service ports by `<name>.<namespace>:<port>`, for explicit listeners.
+    by_key: HashMap<String, Arc<ServicePort>>,
+    /// Active-connection counters, reused by the next table so that counts survive
+    /// configuration updates.
+    endpoint_loads: HashMap<SocketAddr, Arc<AtomicUsize>>,
+    port_active: HashMap<String, Arc<AtomicUsize>>,
+}
+
+/// The `<name>.<namespace>:<port>` key of a service port.
+pub fn port_key(svc: &OutboundService, port: &OutboundPort) -> String {
+    format!("{}.{}:{}", svc.name, svc.namespace, port.port)
 }
 
 impl RouteTable {
     /// Builds the table from the configured services.
     pub fn new(services: &[OutboundService]) -> Self {
+        Self::rebuild(services, &RouteTable::default())
+    }
+
+    /// Builds the table for `services`, keeping the active-connection counts of
+    /// `previous` for the endpoints and service ports both know.
+    pub fn rebuild(services: &[OutboundService], previous: &RouteTable) -> Self {
         let mut table = Self::default();
         for svc in services {
             for port in &svc.ports {
-                let route = Arc::new(Route::new(svc, port.endpoints.clone()));
+                let key = port_key(svc, port);
+                let sp = Arc::new(table.service_port(svc, port, key.clone(), previous));
                 for ip in &svc.addresses {
                     table
                         .by_destination
-                        .insert(SocketAddr::new(*ip, port.port), route.clone());
+                        .insert(SocketAddr::new(*ip, port.port), sp.clone());
                 }
                 // Direct connections to a pod address reach the same service.
                 for ep in &port.endpoints {
                     table
                         .by_destination
                         .entry(ep.address)
-                        .or_insert_with(|| route.clone());
+                        .or_insert_with(|| sp.clone());
                 }
-                if let Some(listen) = port.listen {
-                    let key = format!("{}.{}:{}", svc.name, svc.namespace, port.port);
-                    table.explicit.push((listen, key, route.clone()));
-                }
+                table.by_key.insert(key, sp);
             }
         }
         table
     }
 
-    /// The route for a captured connection's original destination.
-    pub fn lookup(&self, destination: SocketAddr) -> Option<Arc<Route>> {
+    fn service_port(
+        &mut self,
+        svc: &OutboundService,
+        port: &OutboundPort,
+        key: String,
+        previous: &RouteTable,
+    ) -> ServicePort {
+        let routes: Vec<WeightedRoute> = if port.routes.is_empty() {
+            vec![WeightedRoute {
+                weight: 1,
+                service: destination_service(&svc.service_ref()),
+                subset: None,
+                unresolved: None,
+                pool: self.pool(&port.endpoints, svc.load_balancer, previous),
+            }]
+        } else {
+            port.routes
+                .iter()
+                .map(|r| WeightedRoute {
+                    weight: r.weight,
+                    service: destination_service(&r.destination),
+                    subset: r.subset.clone(),
+                    unresolved: r.unresolved.clone(),
+                    pool: self.pool(
+                        &r.endpoints,
+                        r.load_balancer.unwrap_or(svc.load_balancer),
+                        previous,
+                    ),
+                })
+                .collect()
+        };
+        let active = previous.port_active.get(&key).cloned().unwrap_or_default();
+        self.port_active.insert(key.clone(), active.clone());
+        ServicePort {
+            total_weight: routes.iter().map(|r| u64::from(r.weight)).sum(),
+            key,
+            routes,
+            max_connections: port.max_connections,
+            active,
+            connect_timeout: port.connect_timeout,
+        }
+    }
+
+    fn pool(
+        &mut self,
+        endpoints: &[Endpoint],
+        lb: LoadBalancer,
+        previous: &RouteTable,
+    ) -> EndpointPool {
+        let loads = endpoints
+            .iter()
+            .map(|ep| {
+                self.endpoint_loads
+                    .entry(ep.address)
+                    .or_insert_with(|| {
+                        previous
+                            .endpoint_loads
+                            .get(&ep.address)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .clone()
+            })
+            .collect();
+        EndpointPool::new(endpoints.to_vec(), loads, lb)
+    }
+
+    /// The service port for a captured connection's original destination.
+    pub fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServicePort>> {
         self.by_destination.get(&destination).cloned()
+    }
+
+    /// The service port named `<name>.<namespace>:<port>`.
+    pub fn by_key(&self, key: &str) -> Option<Arc<ServicePort>> {
+        self.by_key.get(key).cloned()
     }
 }
 
@@ -118,7 +214,13 @@ impl RouteTable {
 #[derive(Debug)]
 pub enum Target {
     /// A configured service port.
-    Route(Arc<Route>),
+    Route {
+        /// The service port.
+        port: Arc<ServicePort>,
+        /// The address the application asked for (captured traffic); `None` on an
+        /// explicit listener.
+        original: Option<SocketAddr>,
+    },
     /// An unknown destination, forwarded as is (`ALLOW_ANY`).
     Passthrough,
     /// Nowhere (`REGISTRY_ONLY` and unknown, or a connection to the listener itself).
@@ -126,15 +228,6 @@ pub enum Target {
 }
 
 impl Target {
-    /// Routes a captured connection.
-    pub fn for_original_destination(shared: &Shared, destination: SocketAddr) -> Self {
-        Self::classify(
-            &shared.routes,
-            shared.config.outbound.traffic_policy,
-            destination,
-        )
-    }
-
     /// Routes `destination` through `routes` under `policy`.
     pub fn classify(
         routes: &RouteTable,
@@ -142,7 +235,10 @@ impl Target {
         destination: SocketAddr,
     ) -> Self {
         match routes.lookup(destination) {
-            Some(r) => Target::Route(r),
+            Some(port) => Target::Route {
+                port,
+                original: Some(destination),
+            },
             None if policy == OutboundTrafficPolicy::AllowAny => Target::Passthrough,
             None => Target::NoRoute,
         }
@@ -150,7 +246,7 @@ impl Target {
 
     fn service(&self) -> DestinationService {
         match self {
-            Target::Route(r) => r.service.clone(),
+            Target::Route { port, .. } => port.routes[0].service.clone(),
             Target::Passthrough => DestinationService {
                 fqdn: PASSTHROUGH_CLUSTER.into(),
                 name: PASSTHROUGH_CLUSTER.into(),
@@ -180,15 +276,16 @@ struct Connected {
 }
 
 /// Connects to one endpoint: TCP, then TLS when the endpoint wants it.
-async fn connect_endpoint(shared: &Shared, ep: &Endpoint) -> Result<Connected, String> {
-    let limits = &shared.config.limits;
-    let tcp = connection::connect(
-        ep.address,
-        limits.connect_timeout,
-        shared.config.capture.mark,
-    )
-    .await
-    .map_err(|e| format!("connect to {} failed: {e}", ep.address))?;
+async fn connect_endpoint(
+    shared: &Shared,
+    gen: &Generation,
+    ep: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<Connected, String> {
+    let limits = &gen.config.limits;
+    let tcp = connection::connect(ep.address, connect_timeout, gen.config.capture.mark)
+        .await
+        .map_err(|e| format!("connect to {} failed: {e}", ep.address))?;
     if ep.tls == EndpointTls::Disable {
         return Ok(Connected {
             stream: EitherStream::Left(tcp),
@@ -238,16 +335,25 @@ async fn connect_endpoint(shared: &Shared, ep: &Endpoint) -> Result<Connected, S
     })
 }
 
-/// Serves one outbound connection to its end.
-pub async fn handle(
+/// Serves one outbound connection to its end. `gen` is the configuration the
+/// connection was accepted under; it keeps it to the end.
+pub(crate) async fn handle(
     shared: Arc<Shared>,
+    gen: Arc<Generation>,
     client: TcpStream,
     source: SocketAddr,
     destination: SocketAddr,
     target: Target,
 ) {
     let started = Instant::now();
-    let service = target.service();
+    let route = match &target {
+        Target::Route { port, original } => Some((port, port.choose(), *original)),
+        _ => None,
+    };
+    let service = match &route {
+        Some((_, r, _)) => r.service.clone(),
+        None => target.service(),
+    };
     let local = shared.local.workload(None);
     let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, ResponseFlags::None);
     let mut recorder = shared.metrics.recorder(fallback);
@@ -269,7 +375,7 @@ pub async fn handle(
         flags: ResponseFlags::None,
     };
 
-    let _permit = match shared
+    let _permit = match gen
         .outbound_permits
         .as_ref()
         .map(|s| s.clone().try_acquire_owned())
@@ -283,56 +389,80 @@ pub async fn handle(
         None => None,
     };
 
-    let connected = match &target {
-        Target::NoRoute => {
+    let limits = &gen.config.limits;
+    // Held for the connection's life: the service port's and the endpoint's counts.
+    let mut _port_slot = None;
+    let mut _endpoint_load = None;
+    let connected = match (&target, route) {
+        (Target::NoRoute, _) => {
             tracing::warn!(conn = %ctx, "no route to {destination}: not a known service (outbound trafficPolicy REGISTRY_ONLY) or a loop to the proxy itself");
             Err(ResponseFlags::NoClusterFound)
         }
-        Target::Passthrough => {
+        (Target::Passthrough, _) => {
             let ep = Endpoint {
                 address: destination,
                 tls: EndpointTls::Disable,
                 identity: None,
             };
-            connect_endpoint(&shared, &ep).await.map_err(|e| {
-                tracing::warn!(conn = %ctx, error = %e, "passthrough upstream connect failed");
-                ResponseFlags::UpstreamConnectionFailure
-            })
+            connect_endpoint(&shared, &gen, &ep, limits.connect_timeout)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(conn = %ctx, error = %e, "passthrough upstream connect failed");
+                    ResponseFlags::UpstreamConnectionFailure
+                })
         }
-        Target::Route(route) => {
-            let order = route.attempt_order(shared.config.limits.connect_attempts as usize);
-            if order.is_empty() {
-                tracing::warn!(conn = %ctx, service = %route.service.fqdn, "no endpoints for the service");
-                Err(ResponseFlags::NoHealthyUpstream)
-            } else {
-                let mut result = Err(ResponseFlags::UpstreamConnectionFailure);
-                for (i, ep) in order.iter().enumerate() {
-                    match connect_endpoint(&shared, ep).await {
-                        Ok(c) => {
-                            result = Ok(c);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(conn = %ctx, attempt = i + 1, of = order.len(), error = %e, "upstream connect failed");
-                        }
+        (Target::Route { .. }, None) => Err(ResponseFlags::NoClusterFound),
+        (Target::Route { .. }, Some((port, r, original))) => 'route: {
+            if let Some(why) = &r.unresolved {
+                tracing::warn!(conn = %ctx, route = %r.service.fqdn, subset = ?r.subset, reason = %why, "route destination is unresolved; refusing");
+                break 'route Err(ResponseFlags::NoClusterFound);
+            }
+            if let Some(max) = port.max_connections {
+                match ActiveGuard::try_acquire(&port.active, max) {
+                    Some(g) => _port_slot = Some(g),
+                    None => {
+                        tracing::warn!(conn = %ctx, service = %port.key, max, "service port connection limit reached (maxConnections); refusing");
+                        break 'route Err(ResponseFlags::UpstreamOverflow);
                     }
                 }
-                result.map_err(|f| {
-                    if order.len() > 1 {
-                        ResponseFlags::UpstreamRetryLimitExceeded
-                    } else {
-                        f
-                    }
-                })
+            } else {
+                _port_slot = Some(ActiveGuard::acquire(&port.active));
             }
+            let order = r
+                .pool
+                .attempt_order(original, limits.connect_attempts as usize);
+            if order.is_empty() {
+                tracing::warn!(conn = %ctx, service = %r.service.fqdn, subset = ?r.subset, "no endpoints for the route");
+                break 'route Err(ResponseFlags::NoHealthyUpstream);
+            }
+            let timeout = port.connect_timeout.unwrap_or(limits.connect_timeout);
+            let mut result = Err(ResponseFlags::UpstreamConnectionFailure);
+            for (i, c) in order.iter().enumerate() {
+                let load = c.load.as_ref().map(ActiveGuard::acquire);
+                match connect_endpoint(&shared, &gen, &c.endpoint, timeout).await {
+                    Ok(conn) => {
+                        _endpoint_load = load;
+                        result = Ok(conn);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn = %ctx, attempt = i + 1, of = order.len(), error = %e, "upstream connect failed");
+                    }
+                }
+            }
+            result.map_err(|f| {
+                if order.len() > 1 {
+                    ResponseFlags::UpstreamRetryLimitExceeded
+                } else {
+                    f
+                }
+            })
         }
     };
     let connected = match connected {
         Ok(c) => c,
         Err(flags) => {
-            log.flags = flags;
-            recorder.close(Some(flags));
-            log.emit();
+            log.finish(recorder, flags);
             return;
         }
     };
@@ -346,7 +476,6 @@ pub async fn handle(
         ..Workload::unknown()
     };
     let mut stream = connected.stream;
-    let limits = &shared.config.limits;
     let mut peer_name = peer_identity.clone().unwrap_or_else(|| "unknown".into());
     let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
         let (workload, name) =

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use telemetry::{Registry, TcpMetrics};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,11 @@ use crate::health::HealthMetrics;
 use crate::inbound::{self, InboundTarget};
 use crate::outbound::{self, RouteTable, Target};
 use crate::tls::{CertStore, TlsError};
+
+pub(crate) mod overrides;
+mod update;
+
+pub use update::{UpdateError, UpdateSummary};
 
 /// Errors starting a proxy.
 #[derive(Debug, thiserror::Error)]
@@ -98,17 +103,65 @@ impl BoundAddrs {
 
 /// State shared by every connection of one proxy.
 pub struct Shared {
-    pub(crate) config: Arc<ProxyConfig>,
+    /// The configuration in force; swapped whole by [`ProxyHandle::update`]. Read once
+    /// per connection, at accept, so a connection keeps the routes it started with.
+    state: RwLock<Arc<Generation>>,
     pub(crate) local: LocalNode,
     pub(crate) metrics: TcpMetrics,
     pub(crate) health: HealthMetrics,
     pub(crate) certs: Option<Arc<CertStore>>,
     pub(crate) live: Arc<LiveConnections>,
-    pub(crate) routes: RouteTable,
     /// Cancelled at the drain deadline: live connections are cut.
     pub(crate) cut: CancellationToken,
+}
+
+impl Shared {
+    /// The configuration in force now.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, next: Arc<Generation>) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = next;
+    }
+}
+
+/// One version of the configuration and what is built from it.
+pub(crate) struct Generation {
+    pub(crate) config: Arc<ProxyConfig>,
+    /// The control plane's version string (`static` for the start-up configuration).
+    pub(crate) version: String,
+    pub(crate) routes: RouteTable,
     pub(crate) inbound_permits: Option<Arc<Semaphore>>,
     pub(crate) outbound_permits: Option<Arc<Semaphore>>,
+}
+
+impl Generation {
+    /// Builds a generation; counters of active connections (per endpoint, per service
+    /// port, and the `limits.maxConnections` permits when the limit is unchanged) carry
+    /// over from `previous`.
+    fn new(config: Arc<ProxyConfig>, version: String, previous: Option<&Generation>) -> Self {
+        let routes = match previous {
+            Some(p) => RouteTable::rebuild(&config.outbound.services, &p.routes),
+            None => RouteTable::new(&config.outbound.services),
+        };
+        let max = config.limits.max_connections;
+        let keep = previous.filter(|p| p.config.limits.max_connections == max);
+        let permits = |old: Option<&Option<Arc<Semaphore>>>| match old {
+            Some(o) => o.clone(),
+            None => max.map(|n| Arc::new(Semaphore::new(n as usize))),
+        };
+        Self {
+            inbound_permits: permits(keep.map(|p| &p.inbound_permits)),
+            outbound_permits: permits(keep.map(|p| &p.outbound_permits)),
+            routes,
+            version,
+            config,
+        }
+    }
 }
 
 /// The sidecar proxy.
@@ -119,9 +172,11 @@ pub struct Proxy;
 #[derive(Clone)]
 enum Listener {
     InboundCapture(SocketAddr),
-    InboundPort(InboundTarget),
+    /// An explicit inbound listener for an app port.
+    InboundPort(u16),
     OutboundCapture(SocketAddr),
-    OutboundRoute(Arc<outbound::Route>),
+    /// An explicit outbound listener for `<name>.<namespace>:<port>`.
+    OutboundRoute(String),
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -163,6 +218,15 @@ impl Proxy {
         if let Some(mark) = config.capture.mark {
             crate::connection::probe_mark(mark).map_err(StartError::Mark)?;
         }
+        let overrides = overrides::tag_overrides(&config.telemetry).map_err(|e| {
+            StartError::Config(ConfigError::Invalid {
+                source_name: "configuration".into(),
+                field: e.field,
+                value: e.value,
+                problem: e.problem,
+                fix: e.fix,
+            })
+        })?;
         let config = Arc::new(config);
         let certs = match &config.tls {
             Some(tls) => Some(Arc::new(CertStore::load(&tls.cert_dir)?)),
@@ -170,26 +234,21 @@ impl Proxy {
         };
         let mut registry = Registry::default();
         let metrics = TcpMetrics::new(&mut registry);
+        metrics.set_overrides(overrides);
         let health = HealthMetrics::new(&mut registry);
         let registry = Arc::new(registry);
-        let permits = config
-            .limits
-            .max_connections
-            .map(|n| Arc::new(Semaphore::new(n as usize)));
         let shared = Arc::new(Shared {
+            state: RwLock::new(Arc::new(Generation::new(
+                config.clone(),
+                STATIC_VERSION.to_owned(),
+                None,
+            ))),
             local: LocalNode::new(&config.node),
             metrics,
             health,
             certs: certs.clone(),
             live: Arc::new(LiveConnections::default()),
-            routes: RouteTable::new(&config.outbound.services),
             cut: CancellationToken::new(),
-            inbound_permits: permits.clone(),
-            outbound_permits: config
-                .limits
-                .max_connections
-                .map(|n| Arc::new(Semaphore::new(n as usize))),
-            config: config.clone(),
         });
 
         // The endpoint addresses are filled in once the admin thread has bound them.
@@ -217,7 +276,7 @@ impl Proxy {
                 addrs
                     .inbound_ports
                     .insert(port.port, local_addr(&l, &what, addr)?);
-                listeners.push((l, Listener::InboundPort(InboundTarget::for_port(port))));
+                listeners.push((l, Listener::InboundPort(port.port)));
             }
         }
         if let Some(addr) = config.outbound.listen {
@@ -226,12 +285,16 @@ impl Proxy {
             addrs.outbound = Some(bound);
             listeners.push((l, Listener::OutboundCapture(bound)));
         }
-        for (addr, what, route) in &shared.routes.explicit {
-            let l = bind(what.clone(), *addr).await?;
-            addrs
-                .outbound_services
-                .insert(what.clone(), local_addr(&l, what, *addr)?);
-            listeners.push((l, Listener::OutboundRoute(route.clone())));
+        for svc in &config.outbound.services {
+            for port in &svc.ports {
+                let Some(addr) = port.listen else { continue };
+                let key = outbound::port_key(svc, port);
+                let l = bind(key.clone(), addr).await?;
+                addrs
+                    .outbound_services
+                    .insert(key.clone(), local_addr(&l, &key, addr)?);
+                listeners.push((l, Listener::OutboundRoute(key)));
+            }
         }
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -261,22 +324,12 @@ impl Proxy {
             )));
         }
         let background = CancellationToken::new();
-        let reporter = {
-            let metrics = shared.metrics.clone();
-            let interval = config.reporting.interval;
-            let stop = background.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => metrics.flush_all(),
-                    }
-                }
-            })
-        };
+        let (interval_tx, interval_rx) = watch::channel(config.reporting.interval);
+        let reporter = tokio::spawn(report_live(
+            shared.metrics.clone(),
+            interval_rx,
+            background.clone(),
+        ));
         let watcher = match (&certs, &config.tls) {
             (Some(store), Some(tls)) => {
                 let health = shared.health.clone();
@@ -299,6 +352,9 @@ impl Proxy {
         Ok(ProxyHandle {
             addrs,
             shared,
+            update_lock: Mutex::new(()),
+            updates: AtomicU64::new(0),
+            interval: interval_tx,
             registry,
             ready,
             quit,
@@ -309,6 +365,38 @@ impl Proxy {
             watcher,
             admin: Some(admin),
         })
+    }
+}
+
+/// The start-up configuration's version in `/config_dump`.
+pub(crate) const STATIC_VERSION: &str = "static";
+
+/// Flushes live connections' bytes every reporting interval; a new interval (after an
+/// update) starts a new period.
+async fn report_live(
+    metrics: TcpMetrics,
+    mut interval: watch::Receiver<Duration>,
+    stop: CancellationToken,
+) {
+    loop {
+        let period = *interval.borrow_and_update();
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => metrics.flush_all(),
+                changed = interval.changed() => {
+                    if changed.is_err() {
+                        // The handle is gone; keep the last period until stopped.
+                        let _ = stop.cancelled().await;
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -333,10 +421,11 @@ async fn accept_loop(
             }
         };
         let shared = shared.clone();
+        let gen = shared.current();
         let kind = kind.clone();
         let cut = shared.cut.clone();
         tokio::spawn(async move {
-            let serve = serve(shared, stream, peer, kind);
+            let serve = serve(shared, gen, stream, peer, kind);
             tokio::select! {
                 // The connection sees the cut itself when it is copying; this branch
                 // ends connections still connecting or handshaking.
@@ -348,34 +437,55 @@ async fn accept_loop(
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
+async fn serve(
+    shared: Arc<Shared>,
+    gen: Arc<Generation>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+) {
     let local = stream.local_addr().unwrap_or(peer);
     match kind {
-        Listener::InboundPort(target) => {
-            inbound::handle(shared, stream, peer, local, Some(target)).await
+        Listener::InboundPort(port) => {
+            let target = gen
+                .config
+                .inbound
+                .ports
+                .iter()
+                .find(|p| p.port == port)
+                .map(InboundTarget::for_port);
+            inbound::handle(shared, gen, stream, peer, local, target).await
         }
         Listener::InboundCapture(listen) => {
             let (dst, target) = match original_destination(&stream) {
                 Some(dst) if dst != local && dst.port() != listen.port() => (
                     dst,
-                    Some(InboundTarget::for_original_destination(&shared, dst)),
+                    Some(InboundTarget::for_original_destination(&gen.config, dst)),
                 ),
                 _ => (local, None),
             };
-            inbound::handle(shared, stream, peer, dst, target).await
+            inbound::handle(shared, gen, stream, peer, dst, target).await
         }
-        Listener::OutboundRoute(route) => {
-            outbound::handle(shared, stream, peer, local, Target::Route(route)).await
+        Listener::OutboundRoute(key) => {
+            let target = match gen.routes.by_key(&key) {
+                Some(port) => Target::Route {
+                    port,
+                    original: None,
+                },
+                None => Target::NoRoute,
+            };
+            outbound::handle(shared, gen, stream, peer, local, target).await
         }
         Listener::OutboundCapture(listen) => {
             let (dst, target) = match original_destination(&stream) {
-                Some(dst) if dst != local && dst.port() != listen.port() => {
-                    (dst, Target::for_original_destination(&shared, dst))
-                }
+                Some(dst) if dst != local && dst.port() != listen.port() => (
+                    dst,
+                    Target::classify(&gen.routes, gen.config.outbound.traffic_policy, dst),
+                ),
                 // A direct connection to the capture port would loop back to us.
                 _ => (local, Target::NoRoute),
             };
-            outbound::handle(shared, stream, peer, dst, target).await
+            outbound::handle(shared, gen, stream, peer, dst, target).await
         }
     }
 }
@@ -393,6 +503,11 @@ pub struct ShutdownReport {
 pub struct ProxyHandle {
     addrs: BoundAddrs,
     shared: Arc<Shared>,
+    /// One update at a time: each builds on the generation before it.
+    update_lock: Mutex<()>,
+    /// Updates applied so far (names the version of an unversioned update).
+    updates: AtomicU64,
+    interval: watch::Sender<Duration>,
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
     quit: CancellationToken,
@@ -444,7 +559,7 @@ impl ProxyHandle {
         for t in self.accept_tasks.drain(..) {
             let _ = t.await;
         }
-        let drain = self.shared.config.limits.drain_timeout;
+        let drain = self.shared.current().config.limits.drain_timeout;
         tracing::info!(live = self.shared.live.len(), deadline = ?drain, "draining connections");
         let deadline = tokio::time::Instant::now() + drain;
         let mut cut_connections = 0;

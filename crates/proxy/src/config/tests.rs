@@ -219,3 +219,169 @@ fn shipped_examples_are_valid() {
         Some(server.node.spiffe_id().as_str())
     );
 }
+
+const ROUTED: &str = r#"
+node: {namespace: default, workloadName: productpage-v1}
+outbound:
+  services:
+  - name: reviews
+    namespace: default
+    addresses: [10.96.0.20]
+    ports:
+    - port: 9080
+      maxConnections: 100
+      connectTimeout: 250ms
+      routes:
+      - weight: 80
+        destination: {name: reviews, namespace: default}
+        subset: v1
+        endpoints: [{address: "10.44.1.1:9080", tls: DISABLE}]
+      - weight: 20
+        destination: {name: reviews, namespace: default}
+        subset: v3
+        loadBalancer: LEAST_REQUEST
+        endpoints: [{address: "10.44.1.3:9080", tls: DISABLE}]
+telemetry:
+  overrides:
+  - metric: TCP_OPENED_CONNECTIONS
+    tagOverrides:
+      request_protocol: {operation: REMOVE}
+      team: {value: "'db'"}
+"#;
+
+#[test]
+fn routes_and_overrides_parse() {
+    let c = yaml(ROUTED).unwrap();
+    let port = &c.outbound.services[0].ports[0];
+    assert_eq!(port.max_connections, Some(100));
+    assert_eq!(port.connect_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(port.routes.len(), 2);
+    assert_eq!(port.routes[0].weight, 80);
+    assert_eq!(
+        port.routes[1].load_balancer,
+        Some(LoadBalancer::LeastRequest)
+    );
+    assert_eq!(port.routes[1].subset.as_deref(), Some("v3"));
+    assert_eq!(c.telemetry.overrides[0].tag_overrides.len(), 2);
+}
+
+/// `ROUTED` with one text replaced; the replacement must apply.
+fn routed_with(from: &str, to: &str) -> Result<ProxyConfig, ConfigError> {
+    assert!(ROUTED.contains(from), "{from}");
+    yaml(&ROUTED.replacen(from, to, 1))
+}
+
+#[test]
+fn route_rules_are_checked() {
+    let p = "outbound.services[0].ports[0]";
+    let cases = [
+        (
+            ("weight: 80", "weight: 0"),
+            ("weight: 20", "weight: 0"),
+            format!("{p}.routes[*].weight"),
+            "[0, 0]",
+        ),
+        (
+            ("maxConnections: 100", "maxConnections: 0"),
+            ("", ""),
+            format!("{p}.maxConnections"),
+            "0",
+        ),
+        (
+            ("connectTimeout: 250ms", "connectTimeout: 0s"),
+            ("", ""),
+            format!("{p}.connectTimeout"),
+            "0s",
+        ),
+        (
+            (
+                "subset: v1\n",
+                "subset: v1\n        unresolved: no subset v1\n",
+            ),
+            ("", ""),
+            format!("{p}.routes[0].unresolved"),
+            "no subset v1",
+        ),
+        (
+            (
+                "{name: reviews, namespace: default}\n        subset: v3",
+                "{name: Reviews, namespace: default}\n        subset: v3",
+            ),
+            ("", ""),
+            format!("{p}.routes[1].destination.name"),
+            "Reviews",
+        ),
+        (
+            (
+                "address: \"10.44.1.3:9080\", tls: DISABLE",
+                "address: \"10.44.1.3:9080\"",
+            ),
+            ("", ""),
+            format!("{p}.routes[1].endpoints[0].tls"),
+            "ISTIO_MUTUAL",
+        ),
+    ];
+    for ((a, b), (c, d), field, value) in cases {
+        let text = ROUTED.replacen(a, b, 1).replacen(c, d, 1);
+        assert_ne!(text, ROUTED);
+        let got = invalid_field(yaml(&text));
+        assert_eq!((got.0.as_str(), got.1.as_str()), (field.as_str(), value));
+    }
+    // An unresolved route without endpoints is fine: it refuses with NC.
+    let ok = routed_with(
+        "subset: v1\n        endpoints: [{address: \"10.44.1.1:9080\", tls: DISABLE}]",
+        "subset: v1\n        unresolved: no subset v1 in the DestinationRule",
+    )
+    .unwrap();
+    assert!(ok.outbound.services[0].ports[0].routes[0]
+        .unresolved
+        .is_some());
+}
+
+#[test]
+fn telemetry_overrides_are_checked() {
+    let err = routed_with("metric: TCP_OPENED_CONNECTIONS", "metric: TCP_OPENED").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "test.yaml: field `telemetry.overrides[0].metric` = \"TCP_OPENED\": is not a Telemetry API metric; fix: use ALL_METRICS, TCP_OPENED_CONNECTIONS, TCP_CLOSED_CONNECTIONS, TCP_SENT_BYTES or TCP_RECEIVED_BYTES (HTTP metrics REQUEST_COUNT, REQUEST_DURATION, REQUEST_SIZE, RESPONSE_SIZE, GRPC_REQUEST_MESSAGES, GRPC_RESPONSE_MESSAGES are accepted and ignored)"
+    );
+    let err = routed_with("value: \"'db'\"", "value: request.host").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "test.yaml: field `telemetry.overrides[0].tagOverrides[\"team\"].value` = \"request.host\": is not a supported expression; fix: use {}",
+            crate::sidecar::overrides::SUPPORTED_VALUES
+        )
+    );
+    // HTTP metrics are accepted (and have no effect).
+    routed_with("metric: TCP_OPENED_CONNECTIONS", "metric: REQUEST_COUNT").unwrap();
+}
+
+#[test]
+fn documented_route_and_telemetry_examples_are_valid() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/proxy-config.md"),
+    )
+    .unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(yaml, _)| yaml))
+        .filter(|b| b.starts_with("outbound:\n") || b.starts_with("telemetry:\n"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "the outbound and telemetry examples");
+    let head = "node: {namespace: default, workloadName: productpage-v1}\ntls: {certDir: /certs}\ninbound: {mode: DISABLE}\n";
+    for block in blocks {
+        let c = yaml(&format!("{head}{block}")).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        if block.starts_with("outbound") {
+            let routes = &c.outbound.services[0].ports[0].routes;
+            assert_eq!(
+                routes.iter().map(|r| r.weight).collect::<Vec<_>>(),
+                [80, 20, 0]
+            );
+        } else {
+            assert_eq!(c.telemetry.overrides.len(), 3);
+            crate::sidecar::overrides::tag_overrides(&c.telemetry).unwrap();
+        }
+    }
+}

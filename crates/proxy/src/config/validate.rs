@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, EndpointTls, InboundMode, ProxyConfig};
+use super::{
+    ConfigError, Endpoint, EndpointTls, InboundMode, OutboundPort, ProxyConfig, Route, ServiceRef,
+};
 
 struct Checker<'a> {
     source_name: &'a str,
@@ -61,6 +63,94 @@ impl Checker<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+impl Checker<'_> {
+    fn service_ref(&self, field: &str, r: &ServiceRef) -> Result<(), ConfigError> {
+        self.dns_label(&format!("{field}.name"), &r.name)?;
+        self.dns_label(&format!("{field}.namespace"), &r.namespace)?;
+        if let Some(host) = &r.hostname {
+            self.dns_label(&format!("{field}.hostname"), host)?;
+        }
+        Ok(())
+    }
+
+    fn service_port_policy(&self, pfield: &str, port: &OutboundPort) -> Result<(), ConfigError> {
+        if port.max_connections == Some(0) {
+            return Err(self.err(
+                format!("{pfield}.maxConnections"),
+                0,
+                "refuses every connection",
+                "set it to 1 or more, or remove it for no limit",
+            ));
+        }
+        if let Some(d) = port.connect_timeout {
+            self.positive(&format!("{pfield}.connectTimeout"), d)?;
+        }
+        Ok(())
+    }
+
+    fn route(&self, field: &str, route: &Route, has_tls: bool) -> Result<(), ConfigError> {
+        self.service_ref(&format!("{field}.destination"), &route.destination)?;
+        if let Some(subset) = &route.subset {
+            self.non_empty(&format!("{field}.subset"), subset)?;
+        }
+        if let Some(why) = &route.unresolved {
+            self.non_empty(&format!("{field}.unresolved"), why)?;
+            if !route.endpoints.is_empty() {
+                return Err(self.err(
+                    format!("{field}.unresolved"),
+                    why,
+                    format!(
+                        "marks the route unresolved but it lists {} endpoint(s)",
+                        route.endpoints.len()
+                    ),
+                    "remove `unresolved` to send connections to the endpoints, or remove the endpoints to refuse them with NC",
+                ));
+            }
+        }
+        for (k, ep) in route.endpoints.iter().enumerate() {
+            self.endpoint(&format!("{field}.endpoints[{k}]"), ep, has_tls)?;
+        }
+        Ok(())
+    }
+
+    fn endpoint(&self, efield: &str, ep: &Endpoint, has_tls: bool) -> Result<(), ConfigError> {
+        if ep.address.port() == 0 {
+            return Err(self.err(
+                format!("{efield}.address"),
+                ep.address,
+                "has no port",
+                "write the endpoint as IP:PORT",
+            ));
+        }
+        if ep.tls != EndpointTls::IstioMutual {
+            return Ok(());
+        }
+        if !has_tls {
+            return Err(self.err(
+                format!("{efield}.tls"),
+                "ISTIO_MUTUAL",
+                "needs workload certificates but none are configured",
+                "set tls.certDir, or set this endpoint's tls: DISABLE for a peer without a sidecar",
+            ));
+        }
+        match &ep.identity {
+            None => Err(self.err(
+                format!("{efield}.identity"),
+                "",
+                "is required with ISTIO_MUTUAL (the server's certificate is checked against it)",
+                "set identity: spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+            )),
+            Some(id) if !is_spiffe_id(id) => Err(self.err(
+                format!("{efield}.identity"),
+                id,
+                "is not a SPIFFE id",
+                "write it as spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -200,44 +290,20 @@ pub(super) fn validate(config: &ProxyConfig, source_name: &str) -> Result<(), Co
                 listeners.add(format!("{pfield}.listen"), addr)?;
             }
             for (k, ep) in port.endpoints.iter().enumerate() {
-                let efield = format!("{pfield}.endpoints[{k}]");
-                if ep.address.port() == 0 {
-                    return Err(c.err(
-                        format!("{efield}.address"),
-                        ep.address,
-                        "has no port",
-                        "write the endpoint as IP:PORT",
-                    ));
-                }
-                if ep.tls == EndpointTls::IstioMutual {
-                    if !has_tls {
-                        return Err(c.err(
-                            format!("{efield}.tls"),
-                            "ISTIO_MUTUAL",
-                            "needs workload certificates but none are configured",
-                            "set tls.certDir, or set this endpoint's tls: DISABLE for a peer without a sidecar",
-                        ));
-                    }
-                    match &ep.identity {
-                        None => {
-                            return Err(c.err(
-                                format!("{efield}.identity"),
-                                "",
-                                "is required with ISTIO_MUTUAL (the server's certificate is checked against it)",
-                                "set identity: spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
-                            ))
-                        }
-                        Some(id) if !is_spiffe_id(id) => {
-                            return Err(c.err(
-                                format!("{efield}.identity"),
-                                id,
-                                "is not a SPIFFE id",
-                                "write it as spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                }
+                c.endpoint(&format!("{pfield}.endpoints[{k}]"), ep, has_tls)?;
+            }
+            c.service_port_policy(&pfield, port)?;
+            for (r, route) in port.routes.iter().enumerate() {
+                c.route(&format!("{pfield}.routes[{r}]"), route, has_tls)?;
+            }
+            if !port.routes.is_empty() && port.routes.iter().all(|r| r.weight == 0) {
+                let weights: Vec<u32> = port.routes.iter().map(|r| r.weight).collect();
+                return Err(c.err(
+                    format!("{pfield}.routes[*].weight"),
+                    format!("{weights:?}"),
+                    "are all 0, so no connection has a destination",
+                    "give at least one route a weight above 0",
+                ));
             }
         }
     }
@@ -284,6 +350,8 @@ pub(super) fn validate(config: &ProxyConfig, source_name: &str) -> Result<(), Co
             "set it to 1 or more, or remove it for no limit",
         ));
     }
+    crate::sidecar::overrides::tag_overrides(&config.telemetry)
+        .map_err(|e| c.err(e.field, e.value, e.problem, e.fix))?;
     Ok(())
 }
 
