@@ -89,3 +89,18 @@ pub trait ViewSource: Send + Sync + 'static {
     /// registration keeps it).
     fn unsubscribe(&self, node: &NodeInfo);
 }
+
+pub mod ca;
+pub mod client;
+pub mod convert;
+pub mod server;
+pub mod tls;
+
+/// The name of the one `Workload` resource each proxy receives.
+pub const WORKLOAD_RESOURCE_NAME: &str = "workload";
+
+pub mod proto {
+    //! The generated protobuf types and gRPC stubs of `weir.config.v1`.
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("weir.config.v1");
+}

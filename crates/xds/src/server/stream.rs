@@ -1,0 +1,287 @@
+//! One proxy's stream: what it holds, what changed since, and its acknowledgements.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use proxy::config::OutboundService;
+use sha2::{Digest, Sha256};
+
+use crate::convert::{service_to_proto, workload_to_proto};
+use crate::proto::{self, resource::Kind, ResourceType};
+use crate::{ProxyView, WorkloadConfig, WORKLOAD_RESOURCE_NAME};
+
+/// Unacknowledged responses remembered per stream; older ones are forgotten (their
+/// latency goes unmeasured) so a proxy that never answers costs bounded memory.
+const MAX_PENDING: usize = 64;
+
+/// A resource's version: a hash of its encoding, so equal content has equal versions
+/// across control-plane restarts and a reconnecting proxy is not sent what it has.
+pub(crate) fn content_version(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    hex::encode(&digest[..8])
+}
+
+struct Held<T> {
+    /// The shared value last sent, when this stream sent it (absent for what the proxy
+    /// reported on reconnect): lets an unchanged resource be skipped without encoding.
+    value: Option<Arc<T>>,
+    version: String,
+}
+
+impl<T> Held<T> {
+    /// A version the proxy reported holding.
+    fn reported(version: &str) -> Self {
+        Self {
+            value: None,
+            version: version.to_owned(),
+        }
+    }
+}
+
+/// What the proxy holds (as far as the server knows) and which responses await an
+/// answer.
+pub(crate) struct StreamState {
+    workload: Option<Held<WorkloadConfig>>,
+    services: BTreeMap<String, Held<OutboundService>>,
+    pending: VecDeque<(String, Instant)>,
+    next_nonce: u64,
+}
+
+/// An answer from the proxy to one response.
+pub(crate) enum Answer {
+    /// ACK: time since the change that caused the response was observed, when known.
+    Ack(Option<std::time::Duration>),
+    /// NACK with the proxy's reason.
+    Nack(String),
+}
+
+impl StreamState {
+    /// Starts from what the proxy reports holding.
+    pub(crate) fn new(initial: &[proto::ResourceVersion]) -> Self {
+        let mut state = Self {
+            workload: None,
+            services: BTreeMap::new(),
+            pending: VecDeque::new(),
+            next_nonce: 1,
+        };
+        for r in initial {
+            match ResourceType::try_from(r.r#type) {
+                Ok(ResourceType::Service) => {
+                    state
+                        .services
+                        .insert(r.name.clone(), Held::reported(&r.version));
+                }
+                Ok(ResourceType::Workload) if r.name == WORKLOAD_RESOURCE_NAME => {
+                    state.workload = Some(Held::reported(&r.version));
+                }
+                // Anything else cannot match; it is simply not counted as held.
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// The response bringing the proxy from what it holds to `view`, or `None` when
+    /// nothing differs and `always` is false. Updates what the proxy is taken to hold.
+    pub(crate) fn diff(
+        &mut self,
+        view: &ProxyView,
+        observed: Instant,
+        always: bool,
+    ) -> Option<proto::DeltaResponse> {
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+
+        let unchanged = self
+            .workload
+            .as_ref()
+            .and_then(|h| h.value.as_ref())
+            .is_some_and(|v| Arc::ptr_eq(v, &view.workload));
+        if !unchanged {
+            let message = workload_to_proto(&view.workload);
+            let version = content_version(&message.encode_to_vec());
+            if self.workload.as_ref().map(|h| h.version.as_str()) != Some(version.as_str()) {
+                resources.push(proto::Resource {
+                    name: WORKLOAD_RESOURCE_NAME.to_owned(),
+                    version: version.clone(),
+                    r#type: ResourceType::Workload as i32,
+                    kind: Some(Kind::Workload(message)),
+                });
+            }
+            self.workload = Some(Held {
+                value: Some(view.workload.clone()),
+                version,
+            });
+        }
+
+        for (name, service) in &view.services {
+            let held = self.services.get(name);
+            if held
+                .and_then(|h| h.value.as_ref())
+                .is_some_and(|v| Arc::ptr_eq(v, service))
+            {
+                continue;
+            }
+            let message = service_to_proto(service);
+            let version = content_version(&message.encode_to_vec());
+            if held.map(|h| h.version.as_str()) != Some(version.as_str()) {
+                resources.push(proto::Resource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    r#type: ResourceType::Service as i32,
+                    kind: Some(Kind::Service(message)),
+                });
+            }
+            self.services.insert(
+                name.clone(),
+                Held {
+                    value: Some(service.clone()),
+                    version,
+                },
+            );
+        }
+        self.services.retain(|name, _| {
+            let keep = view.services.contains_key(name);
+            if !keep {
+                removed.push(proto::ResourceKey {
+                    r#type: ResourceType::Service as i32,
+                    name: name.clone(),
+                });
+            }
+            keep
+        });
+
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        let nonce = self.next_nonce.to_string();
+        self.next_nonce += 1;
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((nonce.clone(), observed));
+        Some(proto::DeltaResponse {
+            system_version: self.system_version(),
+            nonce,
+            resources,
+            removed,
+        })
+    }
+
+    /// A hash of every held resource's name and version: the version of the whole view.
+    fn system_version(&self) -> String {
+        let mut hasher = Sha256::new();
+        if let Some(w) = &self.workload {
+            hasher.update(b"workload\0");
+            hasher.update(w.version.as_bytes());
+        }
+        for (name, held) in &self.services {
+            hasher.update(b"\0service\0");
+            hasher.update(name.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(held.version.as_bytes());
+        }
+        hex::encode(&hasher.finalize()[..8])
+    }
+
+    /// Interprets a request after the first. `None` for a nonce not awaiting an answer.
+    pub(crate) fn answer(&mut self, request: &proto::DeltaRequest) -> Option<Answer> {
+        let at = self
+            .pending
+            .iter()
+            .position(|(n, _)| *n == request.response_nonce);
+        // An answer to an unknown (or forgotten) nonce still says ACK or NACK.
+        let observed = at.and_then(|i| self.pending.remove(i)).map(|(_, t)| t);
+        if at.is_none() && request.response_nonce.is_empty() {
+            return None;
+        }
+        Some(match &request.error_detail {
+            Some(detail) => Answer::Nack(detail.message.clone()),
+            None => Answer::Ack(observed.map(|t| t.elapsed())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::tests_support::{service, workload};
+
+    fn view(services: &[(&str, &Arc<OutboundService>)], w: &Arc<WorkloadConfig>) -> ProxyView {
+        ProxyView {
+            workload: w.clone(),
+            services: services
+                .iter()
+                .map(|(n, s)| ((*n).to_owned(), (*s).clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sends_only_what_changed() {
+        let w = Arc::new(workload());
+        let a = Arc::new(service("a"));
+        let b = Arc::new(service("b"));
+        let mut state = StreamState::new(&[]);
+        let first = state
+            .diff(&view(&[("a", &a), ("b", &b)], &w), Instant::now(), true)
+            .unwrap();
+        assert_eq!(first.resources.len(), 3);
+        assert_eq!(first.nonce, "1");
+        // Same content in new allocations: nothing to send.
+        let a2 = Arc::new(service("a"));
+        assert!(state
+            .diff(&view(&[("a", &a2), ("b", &b)], &w), Instant::now(), false)
+            .is_none());
+        let mut changed = service("b");
+        changed.addresses.clear();
+        let b2 = Arc::new(changed);
+        let delta = state
+            .diff(&view(&[("b", &b2)], &w), Instant::now(), false)
+            .unwrap();
+        assert_eq!(
+            delta
+                .resources
+                .iter()
+                .map(|r| &r.name[..])
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(
+            delta.removed,
+            [proto::ResourceKey {
+                r#type: ResourceType::Service as i32,
+                name: "a".to_owned()
+            }]
+        );
+        assert_ne!(delta.system_version, first.system_version);
+    }
+
+    #[test]
+    fn reported_versions_are_not_resent() {
+        let w = Arc::new(workload());
+        let a = Arc::new(service("a"));
+        let mut state = StreamState::new(&[]);
+        let first = state
+            .diff(&view(&[("a", &a)], &w), Instant::now(), true)
+            .unwrap();
+        let held: Vec<_> = first
+            .resources
+            .iter()
+            .map(|r| proto::ResourceVersion {
+                r#type: r.r#type,
+                name: r.name.clone(),
+                version: r.version.clone(),
+            })
+            .collect();
+        let mut again = StreamState::new(&held);
+        let resumed = again
+            .diff(&view(&[("a", &a)], &w), Instant::now(), true)
+            .unwrap();
+        assert!(resumed.resources.is_empty());
+        assert!(resumed.removed.is_empty());
+        assert_eq!(resumed.system_version, first.system_version);
+    }
+}
