@@ -22,7 +22,7 @@ use crate::store::{ApplyError, Store};
 pub mod client;
 
 /// The default address of the API.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:15012";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:15080";
 
 /// Manifests sent to `/apply` or `/delete`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

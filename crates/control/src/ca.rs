@@ -360,13 +360,34 @@ impl CertificateAuthority {
 
     /// Issues a certificate for `id` with a freshly generated ECDSA P-256 key.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        self.issue_with_dns(id, &[], ttl)
+    }
+
+    /// Issues a certificate for `id` that also carries DNS names, for a server that
+    /// clients reach by name (the control plane's `istiod.istio-system.svc`).
+    pub fn issue_with_dns(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[&str],
+        ttl: Duration,
+    ) -> Result<WorkloadCert, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
             CaError::Generate {
                 what: "a workload key",
                 source,
             }
         })?;
-        let (params, not_after) = self.leaf_params(id, ttl, key.public_key_raw())?;
+        let (mut params, not_after) = self.leaf_params(id, ttl, key.public_key_raw())?;
+        for name in dns_names {
+            let dns = (*name)
+                .to_owned()
+                .try_into()
+                .map_err(|source| CaError::Generate {
+                    what: "a DNS SAN",
+                    source,
+                })?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| CaError::Generate {

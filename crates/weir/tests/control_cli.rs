@@ -24,7 +24,17 @@ struct Server {
 impl Server {
     fn start(state: &Path) -> Server {
         let mut child = Command::new(WEIR)
-            .args(["control", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args([
+                "control",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--monitoring",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
             .arg(state)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

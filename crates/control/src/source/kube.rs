@@ -67,6 +67,9 @@ pub struct KubePod {
     pub sidecar: bool,
     /// True when the pod is Ready.
     pub ready: bool,
+    /// The owning workload: the Deployment behind its ReplicaSet, else the owner's
+    /// name, else the pod's own name.
+    pub workload: String,
 }
 
 /// Where pod changes go (the mesh's pod registry).
@@ -142,15 +145,34 @@ pub fn to_pod(obj: &DynamicObject) -> Option<KubePod> {
                     && c.get("status").and_then(|s| s.as_str()) == Some("True")
             })
         });
+    let name = obj.metadata.name.clone()?;
+    let labels = obj.metadata.labels.clone().unwrap_or_default();
+    let workload = obj
+        .metadata
+        .owner_references
+        .as_deref()
+        .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()))
+        .map(
+            |owner| match (owner.kind.as_str(), labels.get("pod-template-hash")) {
+                ("ReplicaSet", Some(hash)) => owner
+                    .name
+                    .strip_suffix(&format!("-{hash}"))
+                    .unwrap_or(&owner.name)
+                    .to_owned(),
+                _ => owner.name.clone(),
+            },
+        )
+        .unwrap_or_else(|| name.clone());
     Some(KubePod {
-        name: obj.metadata.name.clone()?,
+        name,
+        workload,
         namespace: obj
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into()),
         ip,
-        labels: obj.metadata.labels.clone().unwrap_or_default(),
+        labels,
         service_account: data
             .pointer("/spec/serviceAccountName")
             .and_then(|v| v.as_str())

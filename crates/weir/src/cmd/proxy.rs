@@ -29,6 +29,20 @@ pub struct ProxyArgs {
     /// Validate the configuration, print it with defaults filled in (JSON) and exit.
     #[arg(long, requires = "config")]
     check: bool,
+    /// Control plane to take live configuration from (`weir control serve --grpc`),
+    /// e.g. 10.44.0.1:15012. The file then is the bootstrap: identity, listeners,
+    /// certificates; services, routes and policies come from the control plane. The
+    /// channel is mutual TLS with the workload certificates of `tls.certDir`.
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_PLANE",
+        value_name = "ADDR",
+        requires = "config"
+    )]
+    control_plane: Option<SocketAddr>,
+    /// The name the control plane's certificate must carry (a DNS SAN).
+    #[arg(long, default_value = DEFAULT_CONTROL_PLANE_NAME, value_name = "NAME")]
+    control_plane_name: String,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -94,6 +108,9 @@ struct ForwardArgs {
     /// How long live connections may drain on SIGTERM, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Do not record istio_tcp_* metrics (the proxy still forwards and logs).
+    #[arg(long)]
+    no_telemetry: bool,
 }
 
 impl ForwardArgs {
@@ -136,6 +153,7 @@ impl ForwardArgs {
         c.reporting.interval = self.reporting_interval;
         c.limits.connect_timeout = self.connect_timeout;
         c.limits.drain_timeout = self.drain_timeout;
+        c.telemetry.enabled = !self.no_telemetry;
         c.validate("command line")?;
         Ok(c)
     }
@@ -162,7 +180,24 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             }
             let setter = init_logging(&args.log)?;
             tracing::info!(file = %path.display(), config = %serde_json_compact(&config), "effective configuration");
-            serve(config, setter)
+            let control = match args.control_plane {
+                Some(addr) => {
+                    let tls = config.tls.as_ref().with_context(|| {
+                        format!(
+                            "{}: --control-plane needs `tls.certDir` (the workload certificates \
+                             authenticate the proxy to the control plane); add it, e.g. from `weir ca issue`",
+                            path.display()
+                        )
+                    })?;
+                    Some(ControlPlane {
+                        addr,
+                        name: args.control_plane_name.clone(),
+                        cert_dir: tls.cert_dir.clone(),
+                    })
+                }
+                None => None,
+            };
+            serve_with(config, setter, control)
         }
     }
 }
@@ -204,8 +239,45 @@ fn init_logging(args: &LogArgs) -> anyhow::Result<LogLevelSetter> {
     }))
 }
 
-/// Starts the proxy, waits for SIGTERM/SIGINT or `/quitquitquit`, drains, exits 0.
+/// The name the control plane's serving certificate carries, as Istio's istiod.
+pub const DEFAULT_CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
+
+/// Where live configuration comes from.
+struct ControlPlane {
+    addr: SocketAddr,
+    name: String,
+    cert_dir: PathBuf,
+}
+
+/// Hands each configuration the control plane sends to the running proxy.
+struct HandleSink(Arc<proxy::ProxyHandle>);
+
+impl xds::client::ConfigSink for HandleSink {
+    fn apply(&self, config: ProxyConfig, version: &str) -> Result<(), String> {
+        match self.0.update_versioned(config, version.to_owned()) {
+            Ok(summary) => {
+                tracing::info!(version, changed = ?summary.changed, "configuration applied");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(version, "configuration rejected: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
 fn serve(config: ProxyConfig, log_level: LogLevelSetter) -> anyhow::Result<()> {
+    serve_with(config, log_level, None)
+}
+
+/// Starts the proxy (following the control plane when given), waits for SIGTERM/SIGINT
+/// or `/quitquitquit`, drains, exits 0.
+fn serve_with(
+    config: ProxyConfig,
+    log_level: LogLevelSetter,
+    control: Option<ControlPlane>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir-proxy")
@@ -215,6 +287,8 @@ fn serve(config: ProxyConfig, log_level: LogLevelSetter) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        // The file's configuration is the base every pushed update is merged onto.
+        let base = config.clone();
         let handle = Proxy::start(
             config,
             ProxyOptions {
@@ -222,14 +296,69 @@ fn serve(config: ProxyConfig, log_level: LogLevelSetter) -> anyhow::Result<()> {
             },
         )
         .await?;
+        let handle = Arc::new(handle);
         let quit = handle.shutdown_requested();
+        let stop_client = tokio_util::sync::CancellationToken::new();
+        let client = control.map(|cp| {
+            tracing::info!(control_plane = %cp.addr, name = %cp.name, "following the control plane");
+            let options = xds::client::ConfigClientOptions::new(
+                cp.addr,
+                cp.name,
+                cp.cert_dir,
+                base,
+                Arc::new(HandleSink(handle.clone())),
+            );
+            tokio::spawn(xds::client::run(options, stop_client.clone()))
+        });
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; draining"),
             _ = int.recv() => tracing::info!("SIGINT received; draining"),
             _ = quit.cancelled() => tracing::info!("shutdown requested through the admin endpoint; draining"),
         }
+        stop_client.cancel();
+        if let Some(client) = client {
+            let _ = client.await;
+        }
+        let handle = Arc::into_inner(handle)
+            .context("the proxy handle is still shared after the control-plane client stopped")?;
         let report = handle.shutdown().await;
         tracing::info!(cut_connections = report.cut_connections, "exiting");
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    fn forward_config(extra: &[&str]) -> ProxyConfig {
+        let mut argv = vec![
+            "weir",
+            "forward",
+            "--listen",
+            "127.0.0.1:7000",
+            "--upstream",
+            "127.0.0.1:7001",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        let Some(ProxyCommand::Forward(fwd)) = cli.proxy.command else {
+            panic!("not the forward subcommand");
+        };
+        fwd.config().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn forward_telemetry_is_on_unless_switched_off() {
+        assert!(forward_config(&[]).telemetry.enabled);
+        assert!(!forward_config(&["--no-telemetry"]).telemetry.enabled);
+    }
 }

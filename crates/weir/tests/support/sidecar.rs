@@ -204,6 +204,17 @@ impl Sidecar {
         workload: &Workload,
         edit: impl FnOnce(&mut ProxyConfig),
     ) -> Self {
+        Self::start_args(env, pod, workload, &[], edit)
+    }
+
+    /// As [`Sidecar::start`], with more `weir proxy` arguments (e.g. `--control-plane`).
+    pub fn start_args(
+        env: &Env,
+        pod: &str,
+        workload: &Workload,
+        extra: &[&str],
+        edit: impl FnOnce(&mut ProxyConfig),
+    ) -> Self {
         let p = env.pod(pod);
         let cert_dir = env.path(&format!("certs-{pod}"));
         let id =
@@ -232,11 +243,9 @@ impl Sidecar {
             String::from_utf8_lossy(&init.stderr)
         );
         let config_arg = config_path.to_string_lossy().into_owned();
-        let mut child = env.spawn(
-            &format!("sidecar-{pod}"),
-            Some(pod),
-            &[WEIR, "proxy", "--config", &config_arg],
-        );
+        let mut args = vec![WEIR, "proxy", "--config", &config_arg];
+        args.extend_from_slice(extra);
+        let mut child = env.spawn(&format!("sidecar-{pod}"), Some(pod), &args);
         let ready = SocketAddr::from((p.ip, 15021));
         let ns = p.netns.name().to_owned();
         let netns = &p.netns;

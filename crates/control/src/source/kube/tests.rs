@@ -157,6 +157,7 @@ async fn lists_then_follows_watch_events() {
     assert_eq!(ratings.service_account, "bookinfo-ratings");
     assert!(ratings.sidecar && ratings.ready);
     assert_eq!(ratings.labels["version"], "v1");
+    assert_eq!(ratings.workload, "ratings-v1");
     let db = &pods_now[&(
         "default".to_owned(),
         "mysqldb-v1-6c8b7f9d44-p8k2m".to_owned(),
