@@ -255,17 +255,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let mesh = mesh.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                // What the mesh cannot honour (HTTP matches at L4, unresolved routes, services
+                // without endpoints) is logged when it first appears.
+                let mut reported = std::collections::BTreeSet::new();
+                report_diagnostics(&mesh, &mut reported);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         changed = changes.changed() => if changed.is_err() { return },
                     }
                     let next = changes.borrow_and_update().clone();
-                    let mesh = mesh.clone();
-                    let stats = tokio::task::spawn_blocking(move || mesh.set_resources(&next.resources)).await;
+                    let compute = mesh.clone();
+                    let resources = next.resources.clone();
+                    let stats = tokio::task::spawn_blocking(move || compute.set_resources(&resources)).await;
                     if let Ok(stats) = stats {
                         tracing::info!(revision = next.revision, ?stats, "configuration recomputed");
                     }
+                    report_diagnostics(&mesh, &mut reported);
                 }
             })
         };
@@ -321,6 +327,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         result
     })
+}
+
+/// Logs the mesh's diagnostics not logged before; forgets those that went away.
+fn report_diagnostics(mesh: &Mesh, reported: &mut std::collections::BTreeSet<String>) {
+    let now: std::collections::BTreeSet<(config::Severity, String)> = mesh
+        .diagnostics()
+        .into_iter()
+        .map(|d| (d.severity, d.to_string()))
+        .collect();
+    for (severity, line) in &now {
+        if reported.insert(line.clone()) {
+            match severity {
+                config::Severity::Error | config::Severity::Warning => tracing::warn!("{line}"),
+                config::Severity::Info => tracing::info!("{line}"),
+            }
+        }
+    }
+    reported.retain(|line| now.iter().any(|(_, l)| l == line));
 }
 
 /// Serves `/metrics` (Prometheus text) from `registry` until `stop`.
