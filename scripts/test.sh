@@ -13,6 +13,19 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== fuzz targets build"
 # cargo-fuzz needs nightly to run them; a plain check keeps them from rotting.
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+echo "== benchmark harness (short mode)"
+# Keeps bench/ working end to end (namespaces, HAProxy, every weir variant). Its figures
+# are printed, never checked: performance is not asserted by tests.
+cargo build --quiet -p weir
+bench_log="$(mktemp)"
+if ! bash bench/run.sh --short --weir-bin "${CARGO_TARGET_DIR:-target}/debug/weir" >"$bench_log" 2>&1; then
+  cat "$bench_log"
+  rm -f "$bench_log"
+  echo "bench/run.sh --short failed (its log is above)" >&2
+  exit 1
+fi
+grep -v '^\[bench ' "$bench_log" || true
+rm -f "$bench_log"
 echo "== tests"
 # Unit, integration and end-to-end tests; the end-to-end ones build network namespaces
 # and drive the real `weir` binary that cargo builds for them.

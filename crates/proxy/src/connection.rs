@@ -1,6 +1,7 @@
 //! What every proxied connection shares, whichever direction it runs: the table of live
 //! connections (admin and drain), upstream connects, and the two-way pump.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -15,8 +16,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::copy::{copy_one_way, CopyEnd};
+use crate::copy::{copy_one_way, copy_ready_one_way, splice_one_way, CopyEnd, TcpRef};
 use crate::exchange::{read_peer_frame, workload_of, ExchangeError};
+use crate::stream::EitherStream;
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -331,10 +333,22 @@ enum DirEnd {
     Exchange(ExchangeError),
 }
 
+/// How a direction moves bytes once the metadata frame (if any) is off its front.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// Both sockets are plain TCP: `splice(2)`, reader then writer.
+    Splice(&'a TcpStream, &'a TcpStream),
+    /// The reader is plain TCP: a buffer only while data waits.
+    Ready(&'a TcpStream),
+    /// Anything else (TLS): the adaptive buffer.
+    Stream,
+}
+
 async fn forward<R, W>(
     reader: &mut R,
     writer: &mut W,
     mx: Option<MxRead<'_>>,
+    path: Path<'_>,
     count: &(dyn Fn(u64) + Send + Sync),
 ) -> DirEnd
 where
@@ -363,21 +377,43 @@ where
             on_result(frame.peer, frame.unknown_reason);
         }
         if frame.eof {
-            if !frame.leftover.is_empty() {
-                return DirEnd::Copy(
-                    copy_one_way(&mut tokio::io::empty(), writer, &frame.leftover, count).await,
-                );
-            }
-            return DirEnd::Copy(copy_one_way(&mut tokio::io::empty(), writer, &[], count).await);
+            return DirEnd::Copy(
+                copy_one_way(&mut tokio::io::empty(), writer, &frame.leftover, count).await,
+            );
         }
         prefix = frame.leftover;
     }
-    DirEnd::Copy(copy_one_way(reader, writer, &prefix, count).await)
+    DirEnd::Copy(match path {
+        Path::Splice(from, to) => splice_one_way(from, to, &prefix, count).await,
+        Path::Ready(from) => copy_ready_one_way(from, writer, &prefix, count).await,
+        Path::Stream => copy_one_way(reader, writer, &prefix, count).await,
+    })
+}
+
+/// The plain TCP socket under a connection's stream, when it is one: the stream types
+/// the listeners hand to [`pump`] (a bare socket, or the plaintext side of
+/// [`EitherStream`]).
+fn plain_tcp(stream: &dyn Any) -> Option<&TcpStream> {
+    if let Some(tcp) = stream.downcast_ref::<TcpStream>() {
+        return Some(tcp);
+    }
+    type Client = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+    type Server = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+    match (
+        stream.downcast_ref::<Client>(),
+        stream.downcast_ref::<Server>(),
+    ) {
+        (Some(EitherStream::Left(tcp)), _) | (_, Some(EitherStream::Left(tcp))) => Some(tcp),
+        _ => None,
+    }
 }
 
 /// Copies both ways between `downstream` (the client) and `upstream` (the server)
 /// until both directions end, counting request bytes as received and response bytes
 /// as sent. With `mx`, the peer's frame is read off the front of its stream first.
+///
+/// Plain TCP sides take the fast paths of [`crate::copy`]: `splice(2)` when both are
+/// plain, and no read buffer held while a plain side is quiet.
 pub async fn pump<D, U>(
     downstream: D,
     upstream: U,
@@ -388,11 +424,71 @@ pub async fn pump<D, U>(
     log_ctx: &str,
 ) -> PumpEnd
 where
-    D: AsyncRead + AsyncWrite + Send,
-    U: AsyncRead + AsyncWrite + Send,
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut down_r, mut down_w) = tokio::io::split(downstream);
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    let ctx = PumpCtx {
+        bytes,
+        limits,
+        cut,
+        log_ctx,
+    };
+    match (plain_tcp(&downstream), plain_tcp(&upstream)) {
+        (Some(d), Some(u)) => {
+            let paths = (Path::Splice(d, u), Path::Splice(u, d));
+            pump_halves(
+                (TcpRef(d), TcpRef(d)),
+                (TcpRef(u), TcpRef(u)),
+                paths,
+                mx,
+                ctx,
+            )
+            .await
+        }
+        (Some(d), None) => {
+            let paths = (Path::Ready(d), Path::Stream);
+            let up = tokio::io::split(upstream);
+            pump_halves((TcpRef(d), TcpRef(d)), up, paths, mx, ctx).await
+        }
+        (None, Some(u)) => {
+            let paths = (Path::Stream, Path::Ready(u));
+            let down = tokio::io::split(downstream);
+            pump_halves(down, (TcpRef(u), TcpRef(u)), paths, mx, ctx).await
+        }
+        (None, None) => {
+            let down = tokio::io::split(downstream);
+            let up = tokio::io::split(upstream);
+            pump_halves(down, up, (Path::Stream, Path::Stream), mx, ctx).await
+        }
+    }
+}
+
+struct PumpCtx<'a> {
+    bytes: &'a ByteCounters,
+    limits: PumpLimits,
+    cut: &'a CancellationToken,
+    log_ctx: &'a str,
+}
+
+async fn pump_halves<DR, DW, UR, UW>(
+    (mut down_r, mut down_w): (DR, DW),
+    (mut up_r, mut up_w): (UR, UW),
+    (request_path, response_path): (Path<'_>, Path<'_>),
+    mx: Option<MxRead<'_>>,
+    ctx: PumpCtx<'_>,
+) -> PumpEnd
+where
+    DR: AsyncRead + Unpin + Send,
+    DW: AsyncWrite + Unpin + Send,
+    UR: AsyncRead + Unpin + Send,
+    UW: AsyncWrite + Unpin + Send,
+{
+    let PumpCtx {
+        bytes,
+        limits,
+        cut,
+        log_ctx,
+    } = ctx;
     let count_received = |n: u64| bytes.add_received(n);
     let count_sent = |n: u64| bytes.add_sent(n);
     let (mx_request, mx_response) = match mx {
@@ -420,11 +516,25 @@ where
         }
     };
     let request = async {
-        let end = forward(&mut down_r, &mut up_w, mx_request, &count_received).await;
+        let end = forward(
+            &mut down_r,
+            &mut up_w,
+            mx_request,
+            request_path,
+            &count_received,
+        )
+        .await;
         finish(end, "request");
     };
     let response = async {
-        let end = forward(&mut up_r, &mut down_w, mx_response, &count_sent).await;
+        let end = forward(
+            &mut up_r,
+            &mut down_w,
+            mx_response,
+            response_path,
+            &count_sent,
+        )
+        .await;
         finish(end, "response");
     };
     let limit = async {
@@ -437,19 +547,27 @@ where
         let Some(timeout) = limits.idle_timeout else {
             return std::future::pending().await;
         };
-        // Checked on a coarse tick: the copy loops only bump counters.
+        // One timer per connection, never one per read: the copy loops only bump
+        // counters. A quiet connection wakes once, at its deadline; one that moved
+        // bytes since the last look is looked at again a quarter timeout later.
         let tick = (timeout / 4).max(Duration::from_millis(10));
         let mut last = (bytes.received(), bytes.sent());
         let mut quiet_since = tokio::time::Instant::now();
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
         loop {
-            tokio::time::sleep(tick).await;
+            sleep.as_mut().await;
             let now = (bytes.received(), bytes.sent());
-            if now != last {
+            let next = if now != last {
                 last = now;
                 quiet_since = tokio::time::Instant::now();
+                quiet_since + tick
             } else if quiet_since.elapsed() >= timeout {
                 return;
-            }
+            } else {
+                quiet_since + timeout
+            };
+            sleep.as_mut().reset(next);
         }
     };
     let end = tokio::select! {
@@ -547,3 +665,6 @@ impl AccessLog<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -234,6 +234,7 @@ impl Proxy {
         };
         let mut registry = Registry::default();
         let metrics = TcpMetrics::new(&mut registry);
+        metrics.set_enabled(config.telemetry.enabled);
         metrics.set_overrides(overrides);
         let health = HealthMetrics::new(&mut registry);
         let registry = Arc::new(registry);

@@ -2,7 +2,7 @@
 //! reporting tick that flushes them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +33,8 @@ struct Inner {
     families: [Family<TcpLabels, Counter>; 4],
     overrides: RwLock<Arc<TagOverrides>>,
     table: ConnectionTable,
+    // Read once per accepted connection, never on the copy path.
+    enabled: AtomicBool,
 }
 
 /// Resolved counter handles of one connection: fetched once, used until close.
@@ -75,6 +77,7 @@ impl TcpMetrics {
                 families,
                 overrides: RwLock::new(Arc::new(TagOverrides::none())),
                 table: ConnectionTable::default(),
+                enabled: AtomicBool::new(true),
             }),
         }
     }
@@ -84,8 +87,28 @@ impl TcpMetrics {
     /// `fallback` is the label set used if the connection ends before
     /// [`ConnectionRecorder::resolve`] is called (typically: local workload known, peer
     /// unknown). Nothing is reported for the connection until it is resolved or closed.
+    /// While telemetry is off (see [`set_enabled`](Self::set_enabled)) the recorder
+    /// is inert: it drops `fallback`, joins no table and never touches a series; its
+    /// [`ByteCounters`] still count, for access logs.
     pub fn recorder(&self, fallback: TcpLabels) -> ConnectionRecorder {
-        ConnectionRecorder::new(self.clone(), fallback)
+        if self.is_enabled() {
+            ConnectionRecorder::new(self.clone(), fallback)
+        } else {
+            ConnectionRecorder::inert(self.clone())
+        }
+    }
+
+    /// Turns per-connection accounting on or off (on by default). Connections accepted
+    /// while it is off are never reported, not even after it is turned back on;
+    /// connections accepted while it was on keep reporting until they close.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.inner.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether new connections are accounted. Callers can skip building label sets
+    /// when it is false.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
     }
 
     /// Replaces the Telemetry API overrides. Connections resolved from now on use them;

@@ -118,13 +118,25 @@ impl ConnectionRecorder {
         }
     }
 
+    /// A recorder that reports nothing (telemetry off): already finished, so
+    /// `resolve` and `close` do nothing.
+    pub(crate) fn inert(metrics: TcpMetrics) -> Self {
+        Self {
+            metrics,
+            id: 0,
+            bytes: Arc::new(ByteCounters::default()),
+            state: None,
+        }
+    }
+
     /// The counters for the copy loop (clone the `Arc` into each direction).
     pub fn byte_counters(&self) -> Arc<ByteCounters> {
         self.bytes.clone()
     }
 
     /// The label set the connection currently reports under: the resolved one, else
-    /// the fallback (e.g. for an access log line).
+    /// the fallback (e.g. for an access log line). `None` once closed, and always
+    /// when telemetry was off at accept.
     pub fn labels(&self) -> Option<&TcpLabels> {
         match &self.state {
             Some(State::Pending(l)) | Some(State::Resolved { labels: l, .. }) => Some(l),

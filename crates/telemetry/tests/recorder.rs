@@ -323,3 +323,51 @@ fn types_are_thread_safe() {
     assert_send_sync::<telemetry::ByteCounters>();
     assert_send_sync::<TcpLabels>();
 }
+
+#[test]
+fn disabled_reports_nothing_and_reenabled_counts_again() {
+    let (registry, metrics) = setup();
+    assert!(metrics.is_enabled());
+    metrics.set_enabled(false);
+    assert!(!metrics.is_enabled());
+
+    // Resolved, flushed, closed with flags; and one only dropped.
+    let mut r = metrics.recorder(fallback());
+    let bytes = r.byte_counters();
+    bytes.add_received(11);
+    r.resolve(resolved());
+    assert!(!r.is_resolved());
+    assert_eq!(r.labels(), None);
+    assert_eq!(metrics.live_connections(), 0);
+    bytes.add_sent(22);
+    metrics.flush_all();
+    r.close(Some(ResponseFlags::DurationTimeout));
+    drop(metrics.recorder(fallback()));
+    // The counters still count for access logs.
+    assert_eq!((bytes.received(), bytes.sent()), (11, 22));
+    let p = Parsed::scrape(&registry);
+    assert!(
+        !p.samples.iter().any(|s| s.name.starts_with("istio_tcp_")),
+        "no istio_tcp series while disabled: {}",
+        p.text
+    );
+
+    // A connection accepted while on keeps reporting after the switch goes off.
+    metrics.set_enabled(true);
+    let mut r = metrics.recorder(fallback());
+    r.resolve(resolved());
+    metrics.set_enabled(false);
+    r.byte_counters().add_received(5);
+    r.byte_counters().add_sent(6);
+    r.close(None);
+    assert_eq!(totals(&registry), (1.0, 1.0, 6.0, 5.0));
+
+    // Back on: new connections count again.
+    metrics.set_enabled(true);
+    let mut r = metrics.recorder(fallback());
+    r.resolve(resolved());
+    assert!(r.is_resolved());
+    r.byte_counters().add_received(1);
+    r.close(None);
+    assert_eq!(totals(&registry), (2.0, 2.0, 6.0, 6.0));
+}

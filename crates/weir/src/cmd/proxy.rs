@@ -301,6 +301,10 @@ fn serve_with(
         let stop_client = tokio_util::sync::CancellationToken::new();
         let client = control.map(|cp| {
             tracing::info!(control_plane = %cp.addr, name = %cp.name, "following the control plane");
+            // Renews the workload certificate through the control plane before it expires;
+            // the TLS reloader picks the new files up for new handshakes.
+            let rotation = xds::rotate::RotateOptions::new(cp.addr, &cp.name, &cp.cert_dir);
+            let rotator = tokio::spawn(xds::rotate::run(rotation, stop_client.clone()));
             let options = xds::client::ConfigClientOptions::new(
                 cp.addr,
                 cp.name,
@@ -308,7 +312,10 @@ fn serve_with(
                 base,
                 Arc::new(HandleSink(handle.clone())),
             );
-            tokio::spawn(xds::client::run(options, stop_client.clone()))
+            (
+                tokio::spawn(xds::client::run(options, stop_client.clone())),
+                rotator,
+            )
         });
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; draining"),
@@ -316,8 +323,9 @@ fn serve_with(
             _ = quit.cancelled() => tracing::info!("shutdown requested through the admin endpoint; draining"),
         }
         stop_client.cancel();
-        if let Some(client) = client {
+        if let Some((client, rotator)) = client {
             let _ = client.await;
+            let _ = rotator.await;
         }
         let handle = Arc::into_inner(handle)
             .context("the proxy handle is still shared after the control-plane client stopped")?;

@@ -1,0 +1,200 @@
+//! The two-way pump over real loopback sockets: the splice path (both sides plain
+//! TCP), the readiness path (one side plain TCP) and the stream path.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A connected pair of loopback sockets.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Client sends `request` and half-closes; the server reads to the end, then answers
+/// `response` and closes; returns what the server received, what the client received
+/// and how the pump ended.
+async fn exchange<D, U>(
+    mut client: TcpStream,
+    downstream: D,
+    upstream: U,
+    mut server: impl AsyncRead + AsyncWrite + Unpin,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    bytes: &ByteCounters,
+) -> (Vec<u8>, Vec<u8>, PumpEnd)
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let cut = CancellationToken::new();
+    let client_side = async move {
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let server_side = async move {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        // The request side is half-closed; the response still goes through.
+        server.write_all(&response).await.unwrap();
+        server.shutdown().await.unwrap();
+        got
+    };
+    let pump = pump(
+        downstream,
+        upstream,
+        bytes,
+        None,
+        PumpLimits::default(),
+        &cut,
+        "test",
+    );
+    let run = async { tokio::join!(server_side, client_side, pump) };
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("the exchange finished in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_path_moves_large_transfers_exactly_with_half_close() {
+    let (client, downstream) = socket_pair().await;
+    let (upstream, server) = socket_pair().await;
+    assert!(plain_tcp(&downstream).is_some() && plain_tcp(&upstream).is_some());
+    let request = pattern(24 << 20, 1);
+    let response = pattern((5 << 20) + 3, 7);
+    let bytes = ByteCounters::default();
+    let (at_server, at_client, end) = exchange(
+        client,
+        downstream,
+        upstream,
+        server,
+        request.clone(),
+        response.clone(),
+        &bytes,
+    )
+    .await;
+    assert!(matches!(end, PumpEnd::Done), "{end:?}");
+    assert_eq!(at_server.len(), request.len());
+    assert_eq!(sha(&at_server), sha(&request));
+    assert_eq!(at_client.len(), response.len());
+    assert_eq!(sha(&at_client), sha(&response));
+    assert_eq!(bytes.received(), request.len() as u64);
+    assert_eq!(bytes.sent(), response.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_path_through_either_stream_and_empty_directions() {
+    // The plaintext side of the listeners' stream type takes the splice path too;
+    // a direction that carries nothing still ends cleanly.
+    type Up = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+    let (client, downstream) = socket_pair().await;
+    let (upstream, server) = socket_pair().await;
+    let upstream: Up = EitherStream::Left(upstream);
+    assert!(plain_tcp(&upstream).is_some());
+    let bytes = ByteCounters::default();
+    let (at_server, at_client, end) = exchange(
+        client,
+        downstream,
+        upstream,
+        server,
+        Vec::new(),
+        b"pong".to_vec(),
+        &bytes,
+    )
+    .await;
+    assert!(matches!(end, PumpEnd::Done), "{end:?}");
+    assert!(at_server.is_empty());
+    assert_eq!(at_client, b"pong");
+    assert_eq!((bytes.received(), bytes.sent()), (0, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_path_with_a_stream_upstream() {
+    // Downstream plain TCP, upstream an in-memory stream: the request direction reads
+    // on readiness with a pooled buffer, the response direction uses the stream path.
+    let (client, downstream) = socket_pair().await;
+    let (upstream, server) = tokio::io::duplex(64 * 1024);
+    assert!(plain_tcp(&upstream).is_none());
+    let request = pattern((3 << 20) + 11, 3);
+    let response = pattern(1 << 20, 5);
+    let bytes = ByteCounters::default();
+    let (at_server, at_client, end) = exchange(
+        client,
+        downstream,
+        upstream,
+        server,
+        request.clone(),
+        response.clone(),
+        &bytes,
+    )
+    .await;
+    assert!(matches!(end, PumpEnd::Done), "{end:?}");
+    assert_eq!(sha(&at_server), sha(&request));
+    assert_eq!(sha(&at_client), sha(&response));
+    assert_eq!(bytes.received(), request.len() as u64);
+    assert_eq!(bytes.sent(), response.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_ends_a_quiet_spliced_connection() {
+    let (mut client, downstream) = socket_pair().await;
+    let (upstream, mut server) = socket_pair().await;
+    let bytes = ByteCounters::default();
+    let cut = CancellationToken::new();
+    let limits = PumpLimits {
+        max_duration: None,
+        idle_timeout: Some(Duration::from_millis(300)),
+    };
+    let traffic = async {
+        // Bytes for a while, each gap shorter than the timeout, then silence.
+        let mut last = tokio::time::Instant::now();
+        for i in 0..4 {
+            client.write_all(b"tick").await.unwrap();
+            last = tokio::time::Instant::now();
+            let mut four = [0; 4];
+            server.read_exact(&mut four).await.unwrap();
+            if i < 3 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        last
+    };
+    let run = async {
+        let (end, last) = tokio::join!(
+            pump(downstream, upstream, &bytes, None, limits, &cut, "test"),
+            traffic
+        );
+        (end, last, tokio::time::Instant::now())
+    };
+    let (end, last, ended) = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("ended in time");
+    assert!(matches!(end, PumpEnd::Idle), "{end:?}");
+    // Gaps shorter than the timeout never cut it: it ends only once the last byte is at
+    // least the timeout old.
+    assert!(
+        ended.duration_since(last) >= Duration::from_millis(300),
+        "cut {:?} after the last byte",
+        ended.duration_since(last)
+    );
+    assert_eq!(bytes.received(), 16);
+}
