@@ -93,6 +93,7 @@ pub trait ViewSource: Send + Sync + 'static {
 pub mod ca;
 pub mod client;
 pub mod convert;
+pub mod rotate;
 pub mod server;
 pub mod tls;
 
