@@ -121,17 +121,10 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut moved = false;
-    if !prefix.is_empty() {
-        if let Err(error) = write_flush(writer, prefix).await {
-            return CopyEnd::Error {
-                error,
-                after_data: false,
-            };
-        }
-        count(prefix.len() as u64);
-        moved = true;
-    }
+    let mut moved = match write_prefix(writer, prefix, count).await {
+        Ok(moved) => moved,
+        Err(end) => return end,
+    };
     let mut buf = AdaptiveBuffer::new();
     loop {
         let n = match buf.read_from(reader).await {
@@ -169,6 +162,26 @@ async fn shutdown_end<W: AsyncWrite + Unpin + ?Sized>(writer: &mut W, moved: boo
             after_data: moved,
         },
     }
+}
+
+/// Writes the bytes read ahead of the copy (metadata-exchange leftovers, sniffed first
+/// bytes) and counts them; `Ok(true)` when there were any.
+async fn write_prefix<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    prefix: &[u8],
+    count: &(dyn Fn(u64) + Send + Sync),
+) -> Result<bool, CopyEnd> {
+    if prefix.is_empty() {
+        return Ok(false);
+    }
+    write_flush(writer, prefix)
+        .await
+        .map_err(|error| CopyEnd::Error {
+            error,
+            after_data: false,
+        })?;
+    count(prefix.len() as u64);
+    Ok(true)
 }
 
 async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(

@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::tcp::{drain_ready, TcpRef};
-use super::{shutdown_end, write_flush, CopyEnd};
+use super::{shutdown_end, write_prefix, CopyEnd};
 
 /// Pipe capacity asked for (the kernel may refuse; the default 64 KiB then stays).
 const PIPE_SIZE: i32 = 256 * 1024;
@@ -70,17 +70,10 @@ pub async fn splice_one_way(
     count: &(dyn Fn(u64) + Send + Sync),
 ) -> CopyEnd {
     let mut out = TcpRef(writer);
-    let mut moved = false;
-    if !prefix.is_empty() {
-        if let Err(error) = write_flush(&mut out, prefix).await {
-            return CopyEnd::Error {
-                error,
-                after_data: false,
-            };
-        }
-        count(prefix.len() as u64);
-        moved = true;
-    }
+    let mut moved = match write_prefix(&mut out, prefix, count).await {
+        Ok(moved) => moved,
+        Err(end) => return end,
+    };
     let mut can_splice = true;
     loop {
         let step = if can_splice {

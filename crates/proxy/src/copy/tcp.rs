@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{is_eof, shutdown_end, write_flush, CopyEnd};
+use super::{is_eof, shutdown_end, write_flush, write_prefix, CopyEnd};
 
 /// Size of a pooled read buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -108,17 +108,10 @@ pub async fn copy_ready_one_way<W>(
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut moved = false;
-    if !prefix.is_empty() {
-        if let Err(error) = write_flush(writer, prefix).await {
-            return CopyEnd::Error {
-                error,
-                after_data: false,
-            };
-        }
-        count(prefix.len() as u64);
-        moved = true;
-    }
+    let mut moved = match write_prefix(writer, prefix, count).await {
+        Ok(moved) => moved,
+        Err(end) => return end,
+    };
     loop {
         match drain_ready(reader, writer, count, &mut moved).await {
             Ok(true) => return shutdown_end(writer, moved).await,
