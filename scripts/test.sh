@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 
+# A one-off build gains nothing from incremental state; it only costs disk and time.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -15,10 +18,11 @@ echo "== fuzz targets build"
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 echo "== benchmark harness (short mode)"
 # Keeps bench/ working end to end (namespaces, HAProxy, every weir variant). Its figures
-# are printed, never checked: performance is not asserted by tests.
-cargo build --quiet -p weir
+# are printed, never checked: performance is not asserted by tests. The build is the test
+# build (the whole workspace, so features unify the same way and nothing compiles twice).
+cargo nextest run --workspace --profile ci --no-run --cargo-quiet
 bench_log="$(mktemp)"
-if ! bash bench/run.sh --short --weir-bin "${CARGO_TARGET_DIR:-target}/debug/weir" >"$bench_log" 2>&1; then
+if ! bash bench/run.sh --short --seconds 1 --weir-bin "${CARGO_TARGET_DIR:-target}/debug/weir" >"$bench_log" 2>&1; then
   cat "$bench_log"
   rm -f "$bench_log"
   echo "bench/run.sh --short failed (its log is above)" >&2
