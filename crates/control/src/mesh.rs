@@ -207,7 +207,7 @@ impl Mesh {
     }
 
     /// Every outbound service, by host name.
-    pub fn services(&self) -> BTreeMap<String, Arc<OutboundService>> {
+    pub fn services(&self) -> Arc<xds::ServiceMap> {
         self.lock().services()
     }
 

@@ -505,7 +505,7 @@ fn one_virtual_service_change_replaces_only_its_service() {
         assert!(rx.has_changed().unwrap());
         let new = rx.borrow_and_update().clone();
         assert!(Arc::ptr_eq(&new.workload, &old.workload));
-        for (host_name, svc) in &new.services {
+        for (host_name, svc) in new.services.iter() {
             let same = Arc::ptr_eq(svc, &old.services[host_name]);
             assert_eq!(same, *host_name != host("reviews"), "{host_name}");
         }
@@ -545,7 +545,7 @@ fn removed_pod_leaves_endpoints_and_its_services_only() {
         vec![pod_ip(&pods, "reviews-v1"), pod_ip(&pods, "reviews-v3")]
     );
     let after = mesh.services();
-    for (h, svc) in &after {
+    for (h, svc) in after.iter() {
         assert_eq!(Arc::ptr_eq(svc, &before[h]), *h != host("reviews"), "{h}");
     }
 }

@@ -22,9 +22,13 @@ pub struct ProxyView {
     /// Settings of the proxy's own workload.
     pub workload: Arc<WorkloadConfig>,
     /// Outbound services keyed by host name (FQDN). A change to one service replaces only
-    /// its entry, so the delta sent to the proxy is that one resource.
-    pub services: BTreeMap<String, Arc<OutboundService>>,
+    /// its entry, so the delta sent to the proxy is that one resource. The map itself is
+    /// shared by every view of one revision: notifying N proxies copies no map.
+    pub services: Arc<ServiceMap>,
 }
+
+/// Outbound services keyed by host name (FQDN).
+pub type ServiceMap = BTreeMap<String, Arc<OutboundService>>;
 
 /// The dynamic settings of a proxy's own workload.
 #[derive(Clone, Debug, PartialEq)]

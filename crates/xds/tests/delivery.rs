@@ -120,7 +120,7 @@ async fn a_change_sends_exactly_the_changed_resource_and_removals() {
     // One service changes: exactly that resource comes, with the new content.
     let moved = service("reviews", "10.0.0.50:9080");
     source.update(|v| {
-        v.services.insert(fqdn("reviews"), moved.clone());
+        Arc::make_mut(&mut v.services).insert(fqdn("reviews"), moved.clone());
     });
     let delta = stream.recv().await;
     assert_eq!(names(&delta), [fqdn("reviews").as_str()]);
@@ -140,11 +140,11 @@ async fn a_change_sends_exactly_the_changed_resource_and_removals() {
 
     // Republishing identical content sends nothing; a removal sends just the name.
     source.update(|v| {
-        v.services
+        Arc::make_mut(&mut v.services)
             .insert(fqdn("ratings"), service("ratings", "10.0.0.6:9080"));
     });
     source.update(|v| {
-        v.services.remove(&fqdn("ratings"));
+        Arc::make_mut(&mut v.services).remove(&fqdn("ratings"));
     });
     let removal = stream.recv().await;
     assert!(removal.resources.is_empty());
@@ -185,7 +185,7 @@ async fn a_rejected_update_keeps_the_last_good_configuration() {
     let good = sink.last();
 
     source.update(|v| {
-        v.services
+        Arc::make_mut(&mut v.services)
             .insert(fqdn("details"), service("details", "10.0.0.7:9080"));
     });
     let status = client
@@ -210,7 +210,7 @@ async fn a_rejected_update_keeps_the_last_good_configuration() {
     // The next good change merges onto the last good state, without the rejected one.
     sink.refuse.lock().unwrap().take();
     source.update(|v| {
-        v.services
+        Arc::make_mut(&mut v.services)
             .insert(fqdn("reviews"), service("reviews", "10.0.0.51:9080"));
     });
     let status = client
@@ -262,7 +262,7 @@ async fn reconnects_after_a_restart_and_receives_only_what_changed() {
     assert_eq!(sink.last(), before);
 
     source.update(|v| {
-        v.services
+        Arc::make_mut(&mut v.services)
             .insert(fqdn("ratings"), service("ratings", "10.0.0.60:9080"));
     });
     let restarted = RunningServer::start(source.clone(), &pki, addr).await;

@@ -11,7 +11,7 @@ use config::model::{Document, Spec};
 use config::{Diagnostic, Kind, ResourceSet};
 use proxy::config::OutboundService;
 use tokio::sync::watch;
-use xds::{NodeInfo, ProxyView, SubscribeError, WorkloadConfig};
+use xds::{NodeInfo, ProxyView, ServiceMap, SubscribeError, WorkloadConfig};
 
 use super::index::{fqdn, selects, service_selector, Key, Snapshot};
 use super::vip::VipAllocator;
@@ -61,8 +61,9 @@ pub(crate) struct Engine {
     vips: VipAllocator,
     explicit_ips: BTreeMap<Key, IpAddr>,
     services: BTreeMap<String, ServiceEntry>,
-    /// The outbound map every view shares.
-    shared: BTreeMap<String, Arc<OutboundService>>,
+    /// The outbound map every view of the current revision shares. Changed through
+    /// `Arc::make_mut`: the first change after a notify copies it once, not per proxy.
+    shared: Arc<ServiceMap>,
     /// Host → services whose result depends on it.
     dependents: BTreeMap<String, BTreeSet<String>>,
     resource_diags: BTreeMap<(Kind, String, String), Vec<Diagnostic>>,
@@ -78,7 +79,7 @@ impl Engine {
             snap: Snapshot::default(),
             explicit_ips: BTreeMap::new(),
             services: BTreeMap::new(),
-            shared: BTreeMap::new(),
+            shared: Arc::default(),
             dependents: BTreeMap::new(),
             resource_diags: BTreeMap::new(),
             proxies: BTreeMap::new(),
@@ -465,7 +466,9 @@ impl Engine {
             if let Some(old) = &old {
                 self.unindex(host, &old.deps);
             }
-            self.shared.remove(host);
+            if self.shared.contains_key(host) {
+                Arc::make_mut(&mut self.shared).remove(host);
+            }
             self.vips.release(host);
             return old.is_some();
         };
@@ -497,7 +500,9 @@ impl Engine {
             Some(e) if !changed => e.service.clone(),
             _ => Arc::new(computed.service),
         };
-        self.shared.insert(host.to_owned(), service.clone());
+        if changed {
+            Arc::make_mut(&mut self.shared).insert(host.to_owned(), service.clone());
+        }
         self.services.insert(
             host.to_owned(),
             ServiceEntry {
@@ -524,7 +529,7 @@ impl Engine {
         self.shared.get(host).cloned()
     }
 
-    pub fn services(&self) -> BTreeMap<String, Arc<OutboundService>> {
+    pub fn services(&self) -> Arc<ServiceMap> {
         self.shared.clone()
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::convert::{service_to_proto, workload_to_proto};
 use crate::proto::{self, resource::Kind, ResourceType};
-use crate::{ProxyView, WorkloadConfig, WORKLOAD_RESOURCE_NAME};
+use crate::{ProxyView, ServiceMap, WorkloadConfig, WORKLOAD_RESOURCE_NAME};
 
 /// Unacknowledged responses remembered per stream; older ones are forgotten (their
 /// latency goes unmeasured) so a proxy that never answers costs bounded memory.
@@ -40,11 +40,25 @@ impl<T> Held<T> {
     }
 }
 
+/// One service's share of the running digest: order-independent when combined with XOR.
+fn entry_digest(name: &str, version: &str) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(version.as_bytes());
+    let digest = hasher.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+}
+
 /// What the proxy holds (as far as the server knows) and which responses await an
 /// answer.
 pub(crate) struct StreamState {
     workload: Option<Held<WorkloadConfig>>,
     services: BTreeMap<String, Held<OutboundService>>,
+    /// XOR of [`entry_digest`] over the held services.
+    services_digest: u64,
+    /// The map of the last view diffed.
+    last_map: Option<Arc<ServiceMap>>,
     pending: VecDeque<(String, Instant)>,
     next_nonce: u64,
 }
@@ -63,15 +77,21 @@ impl StreamState {
         let mut state = Self {
             workload: None,
             services: BTreeMap::new(),
+            services_digest: 0,
+            last_map: None,
             pending: VecDeque::new(),
             next_nonce: 1,
         };
         for r in initial {
             match ResourceType::try_from(r.r#type) {
                 Ok(ResourceType::Service) => {
-                    state
+                    let old = state
                         .services
                         .insert(r.name.clone(), Held::reported(&r.version));
+                    if let Some(old) = old {
+                        state.services_digest ^= entry_digest(&r.name, &old.version);
+                    }
+                    state.services_digest ^= entry_digest(&r.name, &r.version);
                 }
                 Ok(ResourceType::Workload) if r.name == WORKLOAD_RESOURCE_NAME => {
                     state.workload = Some(Held::reported(&r.version));
@@ -116,42 +136,15 @@ impl StreamState {
             });
         }
 
-        for (name, service) in &view.services {
-            let held = self.services.get(name);
-            if held
-                .and_then(|h| h.value.as_ref())
-                .is_some_and(|v| Arc::ptr_eq(v, service))
-            {
-                continue;
-            }
-            let message = service_to_proto(service);
-            let version = content_version(&message.encode_to_vec());
-            if held.map(|h| h.version.as_str()) != Some(version.as_str()) {
-                resources.push(proto::Resource {
-                    name: name.clone(),
-                    version: version.clone(),
-                    r#type: ResourceType::Service as i32,
-                    kind: Some(Kind::Service(message)),
-                });
-            }
-            self.services.insert(
-                name.clone(),
-                Held {
-                    value: Some(service.clone()),
-                    version,
-                },
-            );
+        // Views of one revision share their map: an identical map needs no walk.
+        if !self
+            .last_map
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &view.services))
+        {
+            self.diff_services(&view.services, &mut resources, &mut removed);
+            self.last_map = Some(view.services.clone());
         }
-        self.services.retain(|name, _| {
-            let keep = view.services.contains_key(name);
-            if !keep {
-                removed.push(proto::ResourceKey {
-                    r#type: ResourceType::Service as i32,
-                    name: name.clone(),
-                });
-            }
-            keep
-        });
 
         if resources.is_empty() && removed.is_empty() && !always {
             return None;
@@ -170,19 +163,74 @@ impl StreamState {
         })
     }
 
-    /// A hash of every held resource's name and version: the version of the whole view.
+    /// Brings the held services to `map`, walking both sorted maps once: what is new or
+    /// different is encoded and added to `resources`, what left goes to `removed`.
+    fn diff_services(
+        &mut self,
+        map: &ServiceMap,
+        resources: &mut Vec<proto::Resource>,
+        removed: &mut Vec<proto::ResourceKey>,
+    ) {
+        let mut hold = Vec::new();
+        let mut gone = Vec::new();
+        let mut held = self.services.iter().peekable();
+        for (name, service) in map {
+            while let Some((h, _)) = held.next_if(|(h, _)| h.as_str() < name.as_str()) {
+                gone.push(h.clone());
+            }
+            let current = held.next_if(|(h, _)| *h == name).map(|(_, v)| v);
+            if current
+                .and_then(|h| h.value.as_ref())
+                .is_some_and(|v| Arc::ptr_eq(v, service))
+            {
+                continue;
+            }
+            let message = service_to_proto(service);
+            let version = content_version(&message.encode_to_vec());
+            if current.map(|h| h.version.as_str()) != Some(version.as_str()) {
+                resources.push(proto::Resource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    r#type: ResourceType::Service as i32,
+                    kind: Some(Kind::Service(message)),
+                });
+            }
+            hold.push((name.clone(), service.clone(), version));
+        }
+        gone.extend(held.map(|(h, _)| h.clone()));
+
+        for (name, service, version) in hold {
+            self.services_digest ^= entry_digest(&name, &version);
+            let held = Held {
+                value: Some(service),
+                version,
+            };
+            if let Some(old) = self.services.insert(name.clone(), held) {
+                self.services_digest ^= entry_digest(&name, &old.version);
+            }
+        }
+        for name in gone {
+            if let Some(old) = self.services.remove(&name) {
+                self.services_digest ^= entry_digest(&name, &old.version);
+            }
+            removed.push(proto::ResourceKey {
+                r#type: ResourceType::Service as i32,
+                name,
+            });
+        }
+    }
+
+    /// The version of the whole view: a hash of the workload's version and of every held
+    /// service's name and version (kept as a running digest, so it costs O(1) per
+    /// response rather than a pass over every service).
     fn system_version(&self) -> String {
         let mut hasher = Sha256::new();
         if let Some(w) = &self.workload {
             hasher.update(b"workload\0");
             hasher.update(w.version.as_bytes());
         }
-        for (name, held) in &self.services {
-            hasher.update(b"\0service\0");
-            hasher.update(name.as_bytes());
-            hasher.update(b"\0");
-            hasher.update(held.version.as_bytes());
-        }
+        hasher.update(b"\0services\0");
+        hasher.update(self.services_digest.to_le_bytes());
         hex::encode(&hasher.finalize()[..8])
     }
 
@@ -212,10 +260,12 @@ mod tests {
     fn view(services: &[(&str, &Arc<OutboundService>)], w: &Arc<WorkloadConfig>) -> ProxyView {
         ProxyView {
             workload: w.clone(),
-            services: services
-                .iter()
-                .map(|(n, s)| ((*n).to_owned(), (*s).clone()))
-                .collect(),
+            services: Arc::new(
+                services
+                    .iter()
+                    .map(|(n, s)| ((*n).to_owned(), (*s).clone()))
+                    .collect(),
+            ),
         }
     }
 

@@ -343,10 +343,12 @@ pub fn workload() -> Arc<WorkloadConfig> {
 pub fn view(services: &[(&str, &str)]) -> ProxyView {
     ProxyView {
         workload: workload(),
-        services: services
-            .iter()
-            .map(|(name, ep)| (fqdn(name), service(name, ep)))
-            .collect(),
+        services: Arc::new(
+            services
+                .iter()
+                .map(|(name, ep)| (fqdn(name), service(name, ep)))
+                .collect(),
+        ),
     }
 }
 
