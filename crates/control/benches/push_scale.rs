@@ -296,6 +296,7 @@ async fn run(proxies: usize, services: usize, repeats: usize) -> Result<()> {
     let mut recompute = Vec::new();
     let mut call = Vec::new();
     let mut pushes = Vec::new();
+    let mut produced = Vec::new();
     for r in 0..repeats {
         let first: u32 = if r % 2 == 0 { 20 } else { 80 };
         for doc in config::parse_str(&vs_yaml(target_index, first), "change.yaml")? {
@@ -311,12 +312,17 @@ async fn run(proxies: usize, services: usize, repeats: usize) -> Result<()> {
         if stats.services_changed != 1 {
             return Err(format!("unexpected update: {stats:?}").into());
         }
+        let mut produced_at = None;
         wait_until("every proxy applied the change", CHANGE_DEADLINE, || {
+            if produced_at.is_none() && metrics.pushes() - pushes_before >= proxies as u64 {
+                produced_at = Some(t0.elapsed());
+            }
             sinks
                 .iter()
                 .all(|s| s.weight.load(Ordering::SeqCst) == first)
         })
         .await?;
+        produced.push(produced_at.unwrap_or_else(|| t0.elapsed()));
         let mut times: Vec<Duration> = sinks
             .iter()
             .map(|s| {
@@ -332,9 +338,10 @@ async fn run(proxies: usize, services: usize, repeats: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pushes.push(metrics.pushes() - pushes_before);
         println!(
-            "repeat {r}: all {} p50 {} recompute {} ({stats:?})",
+            "repeat {r}: all {} p50 {} responses produced {} recompute {} ({stats:?})",
             ms(all[r]),
             ms(p50[r]),
+            ms(produced[r]),
             ms(stats.elapsed)
         );
     }
@@ -356,6 +363,10 @@ async fn run(proxies: usize, services: usize, repeats: usize) -> Result<()> {
     for (name, xs) in [
         ("Change → all proxies applied (max over proxies)", all),
         ("Change → half the proxies applied (p50)", p50),
+        (
+            "Change → the server produced every proxy's response (diffed, encoded, queued)",
+            produced,
+        ),
         ("Mesh recompute + notify (`UpdateStats.elapsed`)", recompute),
         (
             "`Mesh::set_resources` call (diff + recompute + notify)",

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -282,9 +283,10 @@ pub struct OutboundConfig {
     /// Policy for destinations no service matches.
     #[serde(default)]
     pub traffic_policy: OutboundTrafficPolicy,
-    /// Services this workload may call.
+    /// Services this workload may call. Shared: a configuration pushed by the control
+    /// plane reuses the entries that did not change instead of copying every service.
     #[serde(default)]
-    pub services: Vec<OutboundService>,
+    pub services: Vec<Arc<OutboundService>>,
 }
 
 /// Load-balancing algorithm across a service port's endpoints (Istio `DestinationRule`

@@ -102,13 +102,13 @@ pub fn port_key(svc: &OutboundService, port: &OutboundPort) -> String {
 
 impl RouteTable {
     /// Builds the table from the configured services.
-    pub fn new(services: &[OutboundService]) -> Self {
+    pub fn new(services: &[Arc<OutboundService>]) -> Self {
         Self::rebuild(services, &RouteTable::default())
     }
 
     /// Builds the table for `services`, keeping the active-connection counts of
     /// `previous` for the endpoints and service ports both know.
-    pub fn rebuild(services: &[OutboundService], previous: &RouteTable) -> Self {
+    pub fn rebuild(services: &[Arc<OutboundService>], previous: &RouteTable) -> Self {
         let mut table = Self::default();
         for svc in services {
             for port in &svc.ports {

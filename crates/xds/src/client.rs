@@ -169,11 +169,12 @@ pub enum SessionError {
     Ended(SocketAddr),
 }
 
-/// The last good resource set.
+/// The last good resource set. Names and versions are shared strings, so the copy made
+/// for each response costs reference counts, not an allocation per resource.
 #[derive(Clone, Default)]
 struct Resources {
-    workload: Option<(Arc<WorkloadConfig>, String)>,
-    services: BTreeMap<String, (Arc<OutboundService>, String)>,
+    workload: Option<(Arc<WorkloadConfig>, Arc<str>)>,
+    services: BTreeMap<Arc<str>, (Arc<OutboundService>, Arc<str>)>,
 }
 
 impl Resources {
@@ -181,24 +182,17 @@ impl Resources {
         let workload = self.workload.iter().map(|(_, v)| proto::ResourceVersion {
             r#type: ResourceType::Workload as i32,
             name: WORKLOAD_RESOURCE_NAME.to_owned(),
-            version: v.clone(),
+            version: v.to_string(),
         });
         let services = self
             .services
             .iter()
             .map(|(n, (_, v))| proto::ResourceVersion {
                 r#type: ResourceType::Service as i32,
-                name: n.clone(),
-                version: v.clone(),
+                name: n.to_string(),
+                version: v.to_string(),
             });
         workload.chain(services).collect()
-    }
-
-    fn version_map(&self) -> BTreeMap<String, String> {
-        self.versions()
-            .into_iter()
-            .map(|r| (r.name, r.version))
-            .collect()
     }
 
     /// This set with `response` applied.
@@ -209,12 +203,14 @@ impl Resources {
             match &resource.kind {
                 Some(Kind::Service(s)) => {
                     let service = service_from_proto(s, &format!("service[{name}]"))?;
-                    next.services
-                        .insert(name.clone(), (Arc::new(service), resource.version.clone()));
+                    next.services.insert(
+                        name.as_str().into(),
+                        (Arc::new(service), resource.version.as_str().into()),
+                    );
                 }
                 Some(Kind::Workload(w)) => {
                     let workload = workload_from_proto(w, &format!("workload[{name}]"))?;
-                    next.workload = Some((Arc::new(workload), resource.version.clone()));
+                    next.workload = Some((Arc::new(workload), resource.version.as_str().into()));
                 }
                 None => {
                     return Err(ConvertError::Invalid {
@@ -228,7 +224,7 @@ impl Resources {
         for key in &response.removed {
             match ResourceType::try_from(key.r#type) {
                 Ok(ResourceType::Service) => {
-                    next.services.remove(&key.name);
+                    next.services.remove(key.name.as_str());
                 }
                 Ok(ResourceType::Workload) => next.workload = None,
                 _ => {
@@ -371,7 +367,7 @@ impl ConfigClient {
                     let config = assemble(
                         &self.options.base,
                         next.workload.as_ref().map(|(w, _)| w.as_ref()),
-                        next.services.values().map(|(s, _)| s.as_ref()),
+                        next.services.values().map(|(s, _)| s),
                     );
                     self.options
                         .sink
@@ -393,13 +389,20 @@ impl ConfigClient {
                 if let Some(next) = next {
                     self.resources = next;
                 }
-                let versions = self.resources.version_map();
                 self.status.send_modify(|s| {
                     s.applied_version = Some(response.system_version.clone());
                     if applied {
                         s.applied += 1;
+                        // The held set is the previous one plus this delta: so are its
+                        // versions (kept in step without a pass over every resource).
+                        for r in &response.resources {
+                            s.resource_versions
+                                .insert(r.name.clone(), r.version.clone());
+                        }
+                        for key in &response.removed {
+                            s.resource_versions.remove(&key.name);
+                        }
                     }
-                    s.resource_versions = versions;
                 });
             }
             Err(error) => {

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proxy::config::{
@@ -553,7 +554,7 @@ pub fn node_info_of(config: &ProxyConfig) -> NodeInfo {
 pub fn assemble<'a>(
     base: &ProxyConfig,
     workload: Option<&WorkloadConfig>,
-    services: impl IntoIterator<Item = &'a OutboundService>,
+    services: impl IntoIterator<Item = &'a Arc<OutboundService>>,
 ) -> ProxyConfig {
     let mut config = base.clone();
     config.outbound.services = services.into_iter().cloned().collect();

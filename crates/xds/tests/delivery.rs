@@ -47,8 +47,8 @@ async fn initial_push_delivers_full_config_and_metrics_follow() {
         &base_config(),
         Some(&workload()),
         [
-            &*service("ratings", "10.0.0.6:9080"),
-            &*service("reviews", "10.0.0.5:9080"),
+            &service("ratings", "10.0.0.6:9080"),
+            &service("reviews", "10.0.0.5:9080"),
         ],
     );
     assert_eq!(config, expected);
@@ -140,8 +140,7 @@ async fn a_change_sends_exactly_the_changed_resource_and_removals() {
 
     // Republishing identical content sends nothing; a removal sends just the name.
     source.update(|v| {
-        Arc::make_mut(&mut v.services)
-            .insert(fqdn("ratings"), service("ratings", "10.0.0.6:9080"));
+        Arc::make_mut(&mut v.services).insert(fqdn("ratings"), service("ratings", "10.0.0.6:9080"));
     });
     source.update(|v| {
         Arc::make_mut(&mut v.services).remove(&fqdn("ratings"));
@@ -185,8 +184,7 @@ async fn a_rejected_update_keeps_the_last_good_configuration() {
     let good = sink.last();
 
     source.update(|v| {
-        Arc::make_mut(&mut v.services)
-            .insert(fqdn("details"), service("details", "10.0.0.7:9080"));
+        Arc::make_mut(&mut v.services).insert(fqdn("details"), service("details", "10.0.0.7:9080"));
     });
     let status = client
         .wait_for("the update rejected", |s| s.rejected == 1)
@@ -227,7 +225,7 @@ async fn a_rejected_update_keeps_the_last_good_configuration() {
     assert_eq!(hosts, ["ratings", "reviews"]);
     assert_eq!(
         config.outbound.services[1],
-        *service("reviews", "10.0.0.51:9080")
+        service("reviews", "10.0.0.51:9080")
     );
     // The rejected version was not sent again: initial, rejected, next.
     assert_eq!(server.scrape("weir_control_pushes_total"), "3");
@@ -276,11 +274,11 @@ async fn reconnects_after_a_restart_and_receives_only_what_changed() {
     let config = sink.last();
     assert_eq!(
         config.outbound.services[0],
-        *service("ratings", "10.0.0.60:9080")
+        service("ratings", "10.0.0.60:9080")
     );
     assert_eq!(
         config.outbound.services[1],
-        *service("reviews", "10.0.0.5:9080")
+        service("reviews", "10.0.0.5:9080")
     );
     assert_eq!(restarted.scrape("weir_control_connected_proxies"), "1");
     client.stop().await;

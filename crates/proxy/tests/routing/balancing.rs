@@ -99,7 +99,7 @@ async fn least_request_prefers_the_endpoint_with_fewer_open_connections() {
     // wins every comparison until it has as many: four new held connections all go
     // to `b`.
     let mut both = only_a;
-    both.outbound.services[0].ports[0].endpoints = up.endpoints(&["a", "b"]);
+    Arc::make_mut(&mut both.outbound.services[0]).ports[0].endpoints = up.endpoints(&["a", "b"]);
     p.update(both).unwrap();
     let mut new = Vec::new();
     for _ in 0..4 {
@@ -198,7 +198,7 @@ async fn service_port_max_connections_refuses_with_uo() {
         Vec::new(),
         LoadBalancer::RoundRobin,
     );
-    cfg.outbound.services[0].ports[0].max_connections = Some(2);
+    Arc::make_mut(&mut cfg.outbound.services[0]).ports[0].max_connections = Some(2);
     let (p, addr) = start(cfg).await;
     let one = open(addr).await.unwrap();
     let two = open(addr).await.unwrap();
@@ -251,7 +251,8 @@ async fn service_port_connect_timeout_overrides_the_limit() {
         LoadBalancer::RoundRobin,
     );
     cfg.limits.connect_timeout = Duration::from_secs(60);
-    cfg.outbound.services[0].ports[0].connect_timeout = Some(Duration::from_millis(200));
+    Arc::make_mut(&mut cfg.outbound.services[0]).ports[0].connect_timeout =
+        Some(Duration::from_millis(200));
     let (p, addr) = start(cfg).await;
     // With the 60 s limit this would outlive the 10 s deadline of `open`.
     assert!(open(addr).await.is_none());

@@ -11,6 +11,7 @@ mod updates;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proxy::config::{Endpoint, LoadBalancer, ProxyConfig, Route, ServiceRef};
@@ -147,8 +148,8 @@ pub fn routed(routes: Vec<Route>, endpoints: Vec<Endpoint>, lb: LoadBalancer) ->
         "bookinfo-productpage",
     );
     let mut cfg = with_service(cfg, "reviews", 9080, endpoints);
-    cfg.outbound.services[0].load_balancer = lb;
-    cfg.outbound.services[0].ports[0].routes = routes;
+    Arc::make_mut(&mut cfg.outbound.services[0]).load_balancer = lb;
+    Arc::make_mut(&mut cfg.outbound.services[0]).ports[0].routes = routes;
     cfg
 }
 

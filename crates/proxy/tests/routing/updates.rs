@@ -21,7 +21,7 @@ async fn open_connections_keep_their_route_while_new_ones_follow_the_update() {
     assert_eq!(old.name, "v1");
 
     let mut after = before.clone();
-    after.outbound.services[0].ports[0].routes =
+    Arc::make_mut(&mut after.outbound.services[0]).ports[0].routes =
         vec![route(1, "reviews-v2", up.endpoints(&["v2"]))];
     let summary = p.update_versioned(after, "v2-rollout".into()).unwrap();
     assert_eq!(summary.version, "v2-rollout");
@@ -93,14 +93,15 @@ async fn a_refused_update_keeps_the_old_configuration_serving() {
     let (p, addr) = start(before.clone()).await;
     let mut bad = before.clone();
     bad.node.namespace = "other".into();
-    bad.outbound.services[0].ports[0].routes = vec![route(1, "reviews", up.endpoints(&["v2"]))];
+    Arc::make_mut(&mut bad.outbound.services[0]).ports[0].routes =
+        vec![route(1, "reviews", up.endpoints(&["v2"]))];
     let err = p.update(bad).unwrap_err();
     assert_eq!(
         err.to_string(),
         "field `node.namespace` changed from \"default\" to \"other\": the node identity is sent to every peer and labels every metric; fix: restart the proxy with the new configuration, or keep the current value"
     );
     let mut invalid = before.clone();
-    invalid.outbound.services[0].ports[0].routes[0].weight = 0;
+    Arc::make_mut(&mut invalid.outbound.services[0]).ports[0].routes[0].weight = 0;
     let err = p.update(invalid).unwrap_err();
     assert!(matches!(err, UpdateError::Invalid(_)), "{err}");
     assert_eq!(

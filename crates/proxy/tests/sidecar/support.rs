@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proxy::config::{
@@ -163,7 +164,7 @@ pub fn with_service(
     port: u16,
     endpoints: Vec<Endpoint>,
 ) -> ProxyConfig {
-    c.outbound.services.push(OutboundService {
+    c.outbound.services.push(Arc::new(OutboundService {
         name: name.to_owned(),
         namespace: "default".to_owned(),
         hostname: None,
@@ -177,7 +178,7 @@ pub fn with_service(
             max_connections: None,
             connect_timeout: None,
         }],
-    });
+    }));
     c
 }
 

@@ -125,7 +125,7 @@ impl ForwardArgs {
         }
         c.node.labels = labels;
         c.inbound.mode = InboundMode::Disable;
-        c.outbound.services.push(OutboundService {
+        c.outbound.services.push(Arc::new(OutboundService {
             name: self.service.clone(),
             namespace: self
                 .service_namespace
@@ -146,7 +146,7 @@ impl ForwardArgs {
                 max_connections: None,
                 connect_timeout: None,
             }],
-        });
+        }));
         c.stats.listen = self.stats;
         c.admin.listen = self.admin;
         c.readiness.listen = self.readiness;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use control::ca::{CertificateAuthority, SpiffeId, DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL};
@@ -148,8 +149,8 @@ pub fn outbound_service(
     vips: &[Ipv4Addr],
     port: u16,
     endpoints: Vec<Endpoint>,
-) -> OutboundService {
-    OutboundService {
+) -> Arc<OutboundService> {
+    Arc::new(OutboundService {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         hostname: None,
@@ -163,7 +164,7 @@ pub fn outbound_service(
             max_connections: None,
             connect_timeout: None,
         }],
-    }
+    })
 }
 
 /// An endpoint with a sidecar (mTLS, identity checked).

@@ -236,7 +236,7 @@ fn absent_telemetry_means_defaults() {
 fn assemble_merges_resources_onto_base() {
     let base = ProxyConfig::minimal("default", "productpage");
     let w = sample_workload();
-    let s = sample_service();
+    let s = Arc::new(sample_service());
     let config = assemble(&base, Some(&w), [&s]);
     assert_eq!(config.outbound.services, vec![s]);
     assert_eq!(config.inbound.mode, InboundMode::Strict);

@@ -47,7 +47,11 @@ fn entry_digest(name: &str, version: &str) -> u64 {
     hasher.update(b"\0");
     hasher.update(version.as_bytes());
     let digest = hasher.finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    u64::from_le_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
 }
 
 /// What the proxy holds (as far as the server knows) and which responses await an
