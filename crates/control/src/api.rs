@@ -8,13 +8,15 @@
 //!   means all namespaces.
 //! - `GET /analyze`, `GET /healthz`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use config::{Document, Kind, Severity};
+use config::{Diagnostic, Document, Kind, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{ApplyError, Store};
@@ -55,6 +57,11 @@ pub struct GetQuery {
     pub output: Option<String>,
 }
 
+/// More findings for `/analyze` than the store's own cross-resource checks: what the
+/// computed mesh cannot honour. Called with the store revision the answer must reflect.
+pub type MoreDiagnostics =
+    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Vec<Diagnostic>> + Send>> + Send + Sync>;
+
 /// A store shared between the API, the sources and the configuration compute.
 pub type Shared = Arc<Mutex<Store>>;
 type Answer = (StatusCode, Json<Reply>);
@@ -66,11 +73,19 @@ pub fn shared(store: Store) -> Shared {
 
 /// The API's routes over a shared store.
 pub fn router(shared: Shared) -> Router {
+    router_with(shared, None)
+}
+
+/// The API's routes, with `more` findings added to `/analyze`.
+pub fn router_with(shared: Shared, more: Option<MoreDiagnostics>) -> Router {
     Router::new()
         .route("/apply", post(apply))
         .route("/delete", post(delete))
         .route("/resources/{kind}", get(resources))
-        .route("/analyze", get(analyze))
+        .route(
+            "/analyze",
+            get(move |store: State<Shared>| analyze(store, more.clone())),
+        )
         .route("/healthz", get(healthz))
         // Manifests up to the parser's limit, with room for the JSON envelope.
         .layer(DefaultBodyLimit::max(2 * config::MAX_INPUT_BYTES))
@@ -309,9 +324,20 @@ fn table(kind: Kind, docs: &[&Document], all_namespaces: bool, wide: bool) -> Ve
         .collect()
 }
 
-async fn analyze(State(store): State<Shared>) -> Answer {
-    let s = lock(&store);
-    let diagnostics = s.analyze();
+async fn analyze(State(store): State<Shared>, more: Option<MoreDiagnostics>) -> Answer {
+    let (mut diagnostics, revision) = {
+        let s = lock(&store);
+        (s.analyze(), s.revision())
+    };
+    if let Some(more) = more {
+        let mut seen: std::collections::HashSet<String> =
+            diagnostics.iter().map(ToString::to_string).collect();
+        for d in more(revision).await {
+            if seen.insert(d.to_string()) {
+                diagnostics.push(d);
+            }
+        }
+    }
     let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
     let mut lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
     if lines.is_empty() {
@@ -332,7 +358,7 @@ async fn analyze(State(store): State<Shared>) -> Answer {
         Json(Reply {
             lines,
             errors,
-            revision: s.revision(),
+            revision,
         }),
     )
 }
@@ -354,7 +380,17 @@ pub async fn serve(
     store: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store))
+    serve_with(listener, store, None, shutdown).await
+}
+
+/// [`serve`], with `more` findings added to `/analyze`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Shared,
+    more: Option<MoreDiagnostics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(store, more))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -242,10 +242,18 @@ destinationrule.networking.istio.io/details unchanged
         ok(&server.weir(&["get", "dr", "reviews", "-o", "yaml"])),
         yaml
     );
-    assert_eq!(
-        ok(&server.weir(&["analyze"])),
-        "No validation issues found.\n"
-    );
+    // The rules resolve; what remains is the mesh's view: no pods run behind the Services.
+    let no_pods: String = [(44, "details"), (95, "ratings"), (146, "reviews"), (290, "productpage")]
+        .iter()
+        .map(|(line, name)| {
+            format!(
+                "{bookinfo}:{line}:5: warning: Service \"{name}\": spec.selector: no registered pod matches the selector; \
+                 connections to the Service get `UH` (no healthy upstream); \
+                 fix: start the Deployment that backs the Service, or correct the selector\n"
+            )
+        })
+        .collect();
+    assert_eq!(ok(&server.weir(&["analyze"])), no_pods);
 
     // Restart: the same resources, so re-applying changes nothing.
     drop(server);
@@ -276,6 +284,42 @@ destinationrule.networking.istio.io \"details\" deleted
             String::new(),
             "No resources found in default namespace.\n".to_string()
         )
+    );
+}
+
+/// `weir analyze` reports, besides the cross-resource checks, what the computed mesh cannot
+/// honour, right after the apply that introduced it.
+#[test]
+fn analyze_reports_what_the_mesh_cannot_honour() {
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start(state.path());
+    let rule = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 7
+";
+    assert_eq!(
+        ok(&server.weir_stdin(&["apply", "-f", "-"], rule)),
+        "destinationrule.networking.istio.io/reviews created\n"
+    );
+    let report = ok(&server.weir(&["analyze"]));
+    assert!(
+        report.contains("spec.trafficPolicy.outlierDetection")
+            && report
+                .contains("`outlierDetection` is accepted but not enforced by weir's sidecars"),
+        "{report}"
+    );
+    // Gone with the rule.
+    ok(&server.weir_stdin(&["delete", "-f", "-"], rule));
+    assert_eq!(
+        ok(&server.weir(&["analyze"])),
+        "No validation issues found.\n"
     );
 }
 

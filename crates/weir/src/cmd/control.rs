@@ -250,7 +250,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_signer(Arc::new(Signer(authority.clone())));
         let registry = Arc::new(registry);
 
-        // Every committed change reaches the mesh; the compute is incremental.
+        // Every committed change reaches the mesh; the compute is incremental. `applied`
+        // tells which store revision the mesh reflects.
+        let (applied_tx, applied) = tokio::sync::watch::channel(revision);
         let follower = {
             let mesh = mesh.clone();
             let stop = stop.clone();
@@ -271,6 +273,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     if let Ok(stats) = stats {
                         tracing::info!(revision = next.revision, ?stats, "configuration recomputed");
                     }
+                    applied_tx.send_replace(next.revision);
                     report_diagnostics(&mesh, &mut reported);
                 }
             })
@@ -309,7 +312,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout()
             .flush()
             .context("cannot write to standard output")?;
-        let api = control::api::serve(listener, store, {
+        // `weir analyze` also reports what the mesh cannot honour, once it has caught up
+        // with the revision being analysed.
+        let more: control::api::MoreDiagnostics = {
+            let mesh = mesh.clone();
+            Arc::new(move |revision| {
+                let mesh = mesh.clone();
+                let mut applied = applied.clone();
+                Box::pin(async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        applied.wait_for(|r| *r >= revision),
+                    )
+                    .await;
+                    mesh.diagnostics()
+                })
+            })
+        };
+        let api = control::api::serve_with(listener, store, Some(more), {
             let stop = stop.clone();
             async move {
                 shutdown().await;
