@@ -1,6 +1,9 @@
 //! The source against a stand-in API server that answers list and watch requests with
-//! responses in the API server's wire format (testdata/): list JSON, then watch events as
+//! responses in the API server's wire format: list JSON, then watch events as
 //! newline-delimited JSON on a response that stays open, as a real watch does.
+//! `testdata/recorded/` holds bodies recorded from a live API server (see its README);
+//! the rest of `testdata/` is written by hand in that format for Bookinfo and Istio
+//! objects.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,13 +33,36 @@ fn recorded(path: &str, watch: bool) -> Option<&'static str> {
     })
 }
 
+/// Bodies recorded from a live v1.36 API server.
+fn live(path: &str, watch: bool) -> Option<&'static str> {
+    Some(match (path, watch) {
+        ("/api/v1/pods", false) => include_str!("testdata/recorded/pods-list.json"),
+        ("/api/v1/pods", true) => include_str!("testdata/recorded/pods-watch.jsonl"),
+        ("/apis/apps/v1/deployments", false) => {
+            include_str!("testdata/recorded/deployments-list.json")
+        }
+        _ => return None,
+    })
+}
+
 async fn api_server(req: Request<Body>) -> Response {
+    serve_from(req, recorded).await
+}
+
+async fn live_api_server(req: Request<Body>) -> Response {
+    serve_from(req, live).await
+}
+
+async fn serve_from(
+    req: Request<Body>,
+    bodies: fn(&str, bool) -> Option<&'static str>,
+) -> Response {
     let path = req.uri().path().to_owned();
     let watch = req
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-    let body = match recorded(&path, watch) {
+    let body = match bodies(&path, watch) {
         Some(text) => text.to_owned(),
         None if watch => String::new(),
         None => {
@@ -164,6 +190,75 @@ async fn lists_then_follows_watch_events() {
     )];
     assert!(!db.sidecar);
     assert_eq!(db.service_account, "default");
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the source stops when asked")
+        .unwrap();
+    server.abort();
+}
+
+/// Responses recorded from a live API server: a kube-system PodList (static pods, a
+/// DaemonSet's, a Deployment's), a watch stream that replays them and ends its initial
+/// events with a BOOKMARK (an empty Pod with `containers: null`), and a DeploymentList
+/// carrying everything a live server adds (managedFields, status, defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_recorded_from_a_live_api_server_are_understood() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().fallback(live_api_server);
+        axum::serve(listener, app).await.unwrap();
+    });
+    let state = tempfile::tempdir().unwrap();
+    let store = shared(Store::open(state.path()).unwrap());
+    let pods = Arc::new(Pods::default());
+    let client = client_for(&format!("http://{addr}")).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run =
+        tokio::spawn(
+            KubeSource::new().run(client, store.clone(), pods.clone(), async move {
+                let _ = stop_rx.await;
+            }),
+        );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod_count = pods.0.lock().unwrap().len();
+        let deployments = names(&store, Kind::Deployment);
+        if pod_count == 8 && deployments == ["coredns"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never converged: {pod_count} pods, deployments {deployments:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pods_now = pods.0.lock().unwrap().clone();
+    let coredns = &pods_now[&(
+        "kube-system".to_owned(),
+        "coredns-589f44dc88-4fpns".to_owned(),
+    )];
+    assert_eq!(coredns.ip, "10.244.0.3".parse::<IpAddr>().unwrap());
+    assert_eq!(coredns.workload, "coredns");
+    assert_eq!(coredns.service_account, "coredns");
+    assert_eq!(coredns.labels["k8s-app"], "kube-dns");
+    assert!(coredns.ready && !coredns.sidecar);
+    // A static pod has no service account: Kubernetes' default applies.
+    let etcd = &pods_now[&(
+        "kube-system".to_owned(),
+        "etcd-v1.36-control-plane".to_owned(),
+    )];
+    assert_eq!(etcd.service_account, "default");
+    assert_eq!(etcd.ip, "172.18.0.3".parse::<IpAddr>().unwrap());
+
+    let deployment = lock(&store)
+        .get(Kind::Deployment, "kube-system", "coredns")
+        .map(|d| serde_json::to_value(&d.resource).unwrap())
+        .unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
 
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), run)
