@@ -131,7 +131,7 @@ pub(crate) async fn handle(
                 peer_identity = tls::peer_identity(session.peer_certificates());
                 exchange_on = session.alpn_protocol() == Some(mx::ALPN_PEER_EXCHANGE);
                 own_identity = current.identity().map(str::to_owned);
-                EitherStream::Right(stream)
+                EitherStream::Right(Box::new(stream))
             }
             Ok(Err(e)) => {
                 tracing::warn!(conn = %ctx, error = %e, "inbound TLS handshake failed (the client must present a certificate signed by the mesh root)");

@@ -327,7 +327,7 @@ async fn connect_endpoint(
     let peer_identity = tls::peer_identity(session.peer_certificates());
     let exchange = session.alpn_protocol() == Some(mx::ALPN_PEER_EXCHANGE);
     Ok(Connected {
-        stream: EitherStream::Right(stream),
+        stream: EitherStream::Right(Box::new(stream)),
         address: ep.address,
         peer_identity,
         own_identity: current.identity().map(str::to_owned),
@@ -459,23 +459,29 @@ pub(crate) async fn handle(
             })
         }
     };
-    let connected = match connected {
+    // Taken apart at once: a `Connected` kept whole would keep its storage (the stream's
+    // included) reserved in this future for the connection's whole life.
+    let Connected {
+        mut stream,
+        address,
+        peer_identity,
+        own_identity,
+        exchange,
+    } = match connected {
         Ok(c) => c,
         Err(flags) => {
             log.finish(recorder, flags);
             return;
         }
     };
-    log.upstream = Some(connected.address);
-    guard.entry().set_upstream(connected.address);
+    log.upstream = Some(address);
+    guard.entry().set_upstream(address);
 
-    let local = shared.local.workload(connected.own_identity.as_deref());
-    let peer_identity = connected.peer_identity.clone();
+    let local = shared.local.workload(own_identity.as_deref());
     let unknown_peer = Workload {
         principal: peer_identity.clone(),
         ..Workload::unknown()
     };
-    let mut stream = connected.stream;
     let mut peer_name = peer_identity.clone().unwrap_or_else(|| "unknown".into());
     let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
         let (workload, name) =
@@ -492,7 +498,7 @@ pub(crate) async fn handle(
             ResponseFlags::None,
         ));
     };
-    let mx = if connected.exchange {
+    let mx = if exchange {
         if let Err(e) =
             exchange::write_frame(&mut stream, shared.local.frame(), limits.mx_timeout).await
         {

@@ -11,8 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub enum EitherStream<A, B> {
     /// The first kind (plaintext).
     Left(A),
-    /// The second kind (TLS).
-    Right(B),
+    /// The second kind (TLS), boxed: a TLS session is about 1.1 KB, and every place a
+    /// connection's future holds this enum (often twice, once moved-from) would
+    /// otherwise reserve that much, for plaintext connections too.
+    Right(Box<B>),
 }
 
 impl<A: AsyncRead + Unpin, B: AsyncRead + Unpin> AsyncRead for EitherStream<A, B> {
@@ -23,7 +25,7 @@ impl<A: AsyncRead + Unpin, B: AsyncRead + Unpin> AsyncRead for EitherStream<A, B
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             EitherStream::Left(s) => Pin::new(s).poll_read(cx, buf),
-            EitherStream::Right(s) => Pin::new(s).poll_read(cx, buf),
+            EitherStream::Right(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -36,21 +38,21 @@ impl<A: AsyncWrite + Unpin, B: AsyncWrite + Unpin> AsyncWrite for EitherStream<A
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             EitherStream::Left(s) => Pin::new(s).poll_write(cx, buf),
-            EitherStream::Right(s) => Pin::new(s).poll_write(cx, buf),
+            EitherStream::Right(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             EitherStream::Left(s) => Pin::new(s).poll_flush(cx),
-            EitherStream::Right(s) => Pin::new(s).poll_flush(cx),
+            EitherStream::Right(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             EitherStream::Left(s) => Pin::new(s).poll_shutdown(cx),
-            EitherStream::Right(s) => Pin::new(s).poll_shutdown(cx),
+            EitherStream::Right(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -61,7 +63,7 @@ impl<A: AsyncWrite + Unpin, B: AsyncWrite + Unpin> AsyncWrite for EitherStream<A
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             EitherStream::Left(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            EitherStream::Right(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            EitherStream::Right(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
