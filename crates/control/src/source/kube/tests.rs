@@ -45,14 +45,6 @@ fn live(path: &str, watch: bool) -> Option<&'static str> {
     })
 }
 
-async fn api_server(req: Request<Body>) -> Response {
-    serve_from(req, recorded).await
-}
-
-async fn live_api_server(req: Request<Body>) -> Response {
-    serve_from(req, live).await
-}
-
 async fn serve_from(
     req: Request<Body>,
     bodies: fn(&str, bool) -> Option<&'static str>,
@@ -82,6 +74,55 @@ async fn serve_from(
         .header("content-type", "application/json")
         .body(body)
         .unwrap()
+}
+
+/// A stand-in API server answering from `bodies`, and the source running against it.
+struct Running {
+    store: Shared,
+    pods: Arc<Pods>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    _state: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(bodies: fn(&str, bool) -> Option<&'static str>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let app = axum::Router::new().fallback(move |req| serve_from(req, bodies));
+            axum::serve(listener, app).await.unwrap();
+        });
+        let state = tempfile::tempdir().unwrap();
+        let store = shared(Store::open(state.path()).unwrap());
+        let pods = Arc::new(Pods::default());
+        let client = client_for(&format!("http://{addr}")).unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run =
+            tokio::spawn(
+                KubeSource::new().run(client, store.clone(), pods.clone(), async move {
+                    let _ = stop_rx.await;
+                }),
+            );
+        Self {
+            store,
+            pods,
+            stop,
+            run,
+            server,
+            _state: state,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.run)
+            .await
+            .expect("the source stops when asked")
+            .unwrap();
+        self.server.abort();
+    }
 }
 
 #[derive(Default)]
@@ -128,23 +169,8 @@ fn subsets(store: &Shared) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_then_follows_watch_events() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let app = axum::Router::new().fallback(api_server);
-        axum::serve(listener, app).await.unwrap();
-    });
-    let state = tempfile::tempdir().unwrap();
-    let store = shared(Store::open(state.path()).unwrap());
-    let pods = Arc::new(Pods::default());
-    let client = client_for(&format!("http://{addr}")).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run =
-        tokio::spawn(
-            KubeSource::new().run(client, store.clone(), pods.clone(), async move {
-                let _ = stop_rx.await;
-            }),
-        );
+    let running = Running::start(recorded).await;
+    let (store, pods) = (running.store.clone(), running.pods.clone());
 
     // List (ratings, kubernetes), then watch: mysqldb added, kubernetes deleted; the
     // DestinationRule gains a subset; a malformed one is refused.
@@ -191,12 +217,7 @@ async fn lists_then_follows_watch_events() {
     assert!(!db.sidecar);
     assert_eq!(db.service_account, "default");
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the source stops when asked")
-        .unwrap();
-    server.abort();
+    running.stop().await;
 }
 
 /// Responses recorded from a live API server: a kube-system PodList (static pods, a
@@ -205,23 +226,8 @@ async fn lists_then_follows_watch_events() {
 /// carrying everything a live server adds (managedFields, status, defaults).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_recorded_from_a_live_api_server_are_understood() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let app = axum::Router::new().fallback(live_api_server);
-        axum::serve(listener, app).await.unwrap();
-    });
-    let state = tempfile::tempdir().unwrap();
-    let store = shared(Store::open(state.path()).unwrap());
-    let pods = Arc::new(Pods::default());
-    let client = client_for(&format!("http://{addr}")).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run =
-        tokio::spawn(
-            KubeSource::new().run(client, store.clone(), pods.clone(), async move {
-                let _ = stop_rx.await;
-            }),
-        );
+    let running = Running::start(live).await;
+    let (store, pods) = (running.store.clone(), running.pods.clone());
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -260,12 +266,7 @@ async fn responses_recorded_from_a_live_api_server_are_understood() {
         .unwrap();
     assert_eq!(deployment["spec"]["replicas"], 2);
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the source stops when asked")
-        .unwrap();
-    server.abort();
+    running.stop().await;
 }
 
 fn dynamic(json: &str) -> DynamicObject {
