@@ -89,13 +89,7 @@ impl StreamState {
         for r in initial {
             match ResourceType::try_from(r.r#type) {
                 Ok(ResourceType::Service) => {
-                    let old = state
-                        .services
-                        .insert(r.name.clone(), Held::reported(&r.version));
-                    if let Some(old) = old {
-                        state.services_digest ^= entry_digest(&r.name, &old.version);
-                    }
-                    state.services_digest ^= entry_digest(&r.name, &r.version);
+                    state.hold_service(r.name.clone(), Held::reported(&r.version));
                 }
                 Ok(ResourceType::Workload) if r.name == WORKLOAD_RESOURCE_NAME => {
                     state.workload = Some(Held::reported(&r.version));
@@ -167,6 +161,14 @@ impl StreamState {
         })
     }
 
+    /// Records that the proxy holds `held` under `name`, keeping the digest in step.
+    fn hold_service(&mut self, name: String, held: Held<OutboundService>) {
+        self.services_digest ^= entry_digest(&name, &held.version);
+        if let Some(old) = self.services.insert(name.clone(), held) {
+            self.services_digest ^= entry_digest(&name, &old.version);
+        }
+    }
+
     /// Brings the held services to `map`, walking both sorted maps once: what is new or
     /// different is encoded and added to `resources`, what left goes to `removed`.
     fn diff_services(
@@ -204,14 +206,11 @@ impl StreamState {
         gone.extend(held.map(|(h, _)| h.clone()));
 
         for (name, service, version) in hold {
-            self.services_digest ^= entry_digest(&name, &version);
             let held = Held {
                 value: Some(service),
                 version,
             };
-            if let Some(old) = self.services.insert(name.clone(), held) {
-                self.services_digest ^= entry_digest(&name, &old.version);
-            }
+            self.hold_service(name, held);
         }
         for name in gone {
             if let Some(old) = self.services.remove(&name) {
