@@ -9,6 +9,7 @@
 //! binary runs one of them (`bookinfo productpage|details|reviews|ratings|tcp-echo|mysqldb`),
 //! and [`images::local_command`] says which for each of Istio's sample images.
 
+pub mod cli;
 pub mod details;
 pub mod env;
 pub mod images;

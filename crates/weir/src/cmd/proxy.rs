@@ -240,7 +240,7 @@ fn init_logging(args: &LogArgs) -> anyhow::Result<LogLevelSetter> {
 }
 
 /// The name the control plane's serving certificate carries, as Istio's istiod.
-pub const DEFAULT_CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
+pub const DEFAULT_CONTROL_PLANE_NAME: &str = control::server::CONTROL_PLANE_NAME;
 
 /// Where live configuration comes from.
 struct ControlPlane {
