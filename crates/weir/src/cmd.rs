@@ -2,7 +2,9 @@
 
 pub mod apply;
 pub mod ca;
+pub mod cluster;
 pub mod control;
+pub mod demo;
 pub mod get;
 pub mod init;
 pub mod proxy;

@@ -28,6 +28,21 @@ enum Command {
     Delete(cmd::apply::FileArgs),
     /// Report cross-resource problems (missing subsets, hosts, ...).
     Analyze(cmd::get::AnalyzeArgs),
+    /// The single-host cluster: `weir cluster up|down|status`.
+    Cluster(cmd::cluster::ClusterArgs),
+    /// Print a container's log: `weir logs deploy/NAME [-c istio-proxy] [-p] [-f]`.
+    Logs(cmd::cluster::LogsArgs),
+    /// Run a command inside a pod's network and DNS: `weir exec deploy/NAME -- CMD`.
+    Exec(cmd::cluster::ExecArgs),
+    /// Open a cluster add-on's UI from the host: `weir dashboard prometheus`.
+    Dashboard(cmd::cluster::DashboardArgs),
+    /// Add the sidecar to Kubernetes manifests, as `istioctl kube-inject`.
+    Inject(cmd::cluster::InjectArgs),
+    /// Run Istio's "Collecting Metrics for TCP Services" task end to end on this machine.
+    Demo(cmd::demo::DemoArgs),
+    /// Istio's Bookinfo sample apps and tcp-echo (what the cluster runs for their images).
+    #[command(hide = true)]
+    Bookinfo(bookinfo::cli::Cli),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +55,16 @@ fn main() -> std::process::ExitCode {
         Command::Get(args) => cmd::get::get(args),
         Command::Delete(args) => cmd::apply::delete(args),
         Command::Analyze(args) => cmd::get::analyze(args),
+        Command::Cluster(args) => cmd::cluster::run(args),
+        Command::Logs(args) => cmd::cluster::logs(args),
+        Command::Exec(args) => match cmd::cluster::exec(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Dashboard(args) => cmd::cluster::dashboard(args),
+        Command::Inject(args) => cmd::cluster::inject(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Bookinfo(args) => cmd::cluster::bookinfo(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,5 +72,14 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

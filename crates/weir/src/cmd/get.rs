@@ -23,10 +23,21 @@ pub struct GetArgs {
     output: Option<String>,
     #[command(flatten)]
     control: ControlAddr,
+    #[command(flatten)]
+    cluster: super::cluster::ClusterSel,
 }
 
 /// Runs `weir get`.
 pub fn get(args: GetArgs) -> anyhow::Result<()> {
+    if matches!(args.kind.as_str(), "pods" | "pod" | "po") {
+        // Pods are the local cluster's, not stored resources.
+        let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+        return super::cluster::get_pods(
+            &args.cluster,
+            namespace,
+            args.output.as_deref() == Some("wide"),
+        );
+    }
     let query = GetQuery {
         name: args.name,
         namespace: (!args.all_namespaces).then_some(args.namespace),
