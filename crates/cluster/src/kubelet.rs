@@ -73,6 +73,7 @@ pub struct Kubelet {
     pods: BTreeMap<(String, String), Running>,
     stopping: Vec<JoinHandle<()>>,
     used_ips: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
+    seed: u64,
     seq: u64,
 }
 
@@ -92,6 +93,10 @@ impl Kubelet {
             pods: BTreeMap::new(),
             stopping: Vec::new(),
             used_ips: Arc::new(Mutex::new(BTreeSet::new())),
+            // Pod names differ between clusters and restarts, as Kubernetes' random ones.
+            seed: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             seq: 0,
         }
     }
@@ -139,7 +144,7 @@ impl Kubelet {
 
     fn start(&mut self, plan: PodPlan) -> Result<(String, String), ClusterError> {
         let name = loop {
-            let n = workload::pod_name(&plan, self.seq);
+            let n = workload::pod_name(&plan, self.seed, self.seq);
             self.seq += 1;
             if !self.pods.contains_key(&(plan.namespace.clone(), n.clone())) {
                 break n;

@@ -293,9 +293,10 @@ fn encode_safe(bytes: &[u8], len: usize) -> String {
         .collect()
 }
 
-/// A new pod name, `<deployment>-<template hash>-<5 chars>`; `seq` makes it unique.
-pub fn pod_name(plan: &PodPlan, seq: u64) -> String {
-    let digest = Sha256::digest(format!("{}/{}/{seq}", plan.deployment, plan.template_hash));
+/// A new pod name, `<deployment>-<template hash>-<5 chars>`; `seed` (per supervisor)
+/// and `seq` make it unique.
+pub fn pod_name(plan: &PodPlan, seed: u64, seq: u64) -> String {
+    let digest = Sha256::digest(format!("{}/{}/{seed}/{seq}", plan.deployment, plan.template_hash));
     format!(
         "{}-{}-{}",
         plan.deployment,
@@ -426,10 +427,10 @@ mod tests {
         let s = set(&[&fixture("tcp-echo/tcp-echo.yaml")]);
         let plans = plans(&s);
         let (v1, _) = &plans[0];
-        let name = pod_name(v1, 0);
+        let name = pod_name(v1, 7, 0);
         assert!(name.starts_with("tcp-echo-v1-"), "{name}");
         assert_eq!(name.len(), "tcp-echo-v1-".len() + 10 + 1 + 5);
-        assert_ne!(pod_name(v1, 0), pod_name(v1, 1));
+        assert_ne!(pod_name(v1, 7, 0), pod_name(v1, 7, 1));
         assert_ne!(v1.template_hash, plans[1].0.template_hash);
         assert_eq!(
             v1.containers[0].program,

@@ -19,6 +19,7 @@ fn default_rules_render_exactly() {
 -A WEIR_INBOUND -p tcp -m tcp --dport 15090 -j RETURN
 -A WEIR_INBOUND -p tcp -j WEIR_IN_REDIRECT
 -A WEIR_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m mark --mark 0x539 -j WEIR_IN_REDIRECT
 -A WEIR_OUTPUT -m mark --mark 0x539 -j RETURN
 -A WEIR_OUTPUT -o lo -j RETURN
 -A WEIR_OUTPUT -d 127.0.0.1/32 -j RETURN
@@ -56,6 +57,8 @@ fn owner_exclusions_include_lists_and_excluded_destinations() {
             "-A WEIR_INBOUND -p tcp -m tcp --dport 9080 -j WEIR_IN_REDIRECT",
             "-A WEIR_INBOUND -p tcp -m tcp --dport 3306 -j WEIR_IN_REDIRECT",
             "-A WEIR_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006",
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j WEIR_IN_REDIRECT",
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner 1338 -j WEIR_IN_REDIRECT",
             "-A WEIR_OUTPUT -m owner --uid-owner 1337 -j RETURN",
             "-A WEIR_OUTPUT -m owner --gid-owner 1338 -j RETURN",
             "-A WEIR_OUTPUT -o lo -j RETURN",

@@ -52,8 +52,9 @@ enum ClusterCommand {
     Run(UpArgs),
 }
 
+/// Flags of `weir cluster up` (and `weir demo`).
 #[derive(clap::Args, Debug, Clone)]
-struct UpArgs {
+pub struct UpArgs {
     /// The control plane's API on the host (`weir apply` talks to it).
     #[arg(long, default_value = control::api::DEFAULT_ADDR)]
     api: String,
@@ -68,14 +69,15 @@ struct UpArgs {
     tcp_port: u16,
     /// How often sidecars report live connections (Istio's tcpReportingDuration).
     #[arg(long, default_value = "15s", value_parser = proxy::config::parse_duration)]
-    reporting_interval: Duration,
+    pub reporting_interval: Duration,
     /// Prometheus's scrape interval.
     #[arg(long, default_value = "5s", value_parser = proxy::config::parse_duration)]
     scrape_interval: Duration,
 }
 
 impl UpArgs {
-    fn options(&self, paths: Paths) -> Options {
+    /// The supervisor's options.
+    pub fn options(&self, paths: Paths) -> Options {
         let mut o = Options::new(paths);
         o.api = self.api.clone();
         o.ingress_host = self.ingress_host;

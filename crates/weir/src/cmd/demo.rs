@@ -23,9 +23,8 @@ pub struct DemoArgs {
     /// Remove the cluster at the end (by default it stays up to explore).
     #[arg(long)]
     down: bool,
-    /// Sidecars' reporting interval (Istio's default is 15s).
-    #[arg(long, default_value = "15s", value_parser = proxy::config::parse_duration)]
-    reporting_interval: Duration,
+    #[command(flatten)]
+    up: super::cluster::UpArgs,
     #[command(flatten)]
     sel: ClusterSel,
 }
@@ -65,9 +64,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("    already up: using it");
     } else {
         let weir = std::env::current_exe().context("cannot find the weir binary")?;
-        let mut options = cluster::supervisor::Options::new(paths.clone());
-        options.reporting_interval = args.reporting_interval;
-        cluster::supervisor::up(&options, &weir, Duration::from_secs(90))?;
+        cluster::supervisor::up(&args.up.options(paths.clone()), &weir, Duration::from_secs(90))?;
     }
     let (info, _) = cluster::supervisor::status(&paths)?;
     println!(
@@ -169,7 +166,7 @@ fn demo(args: &DemoArgs, paths: &Paths, client: &Client) -> anyhow::Result<()> {
     let prometheus = pod_of(paths, "istio-system", "prometheus")?;
     let prom = SocketAddr::from((prometheus.ip, cluster::addons::PROMETHEUS_PORT));
     let started = Instant::now();
-    let deadline = started + args.reporting_interval + Duration::from_secs(60);
+    let deadline = started + args.up.reporting_interval + Duration::from_secs(60);
     loop {
         let opened = sum(
             &node,
