@@ -9,6 +9,7 @@ mod support;
 
 mod balancing;
 mod gateway;
+mod gateway_capture;
 mod updates;
 
 use std::collections::BTreeMap;
