@@ -104,6 +104,7 @@ fn bookinfo_gateway_routes_five_paths_to_productpage() {
             listen: None,
             tcp: vec![],
             http: vec![GatewayHttpRoute {
+                hosts: vec![],
                 matches: vec![
                     PathMatch::Exact("/productpage".into()),
                     PathMatch::Prefix("/static".into()),
@@ -327,4 +328,69 @@ fn tcp_echo_shifts_from_v1_to_80_20_on_a_connected_gateway() {
 
     // A sidecar proxy's view does not change with gateway-only routes.
     mesh.unsubscribe(&node);
+}
+
+#[test]
+fn routes_answer_the_hosts_shared_by_server_and_virtual_service() {
+    let mut set = set_of(&["samples/bookinfo/platform/kube/bookinfo.yaml"]);
+    add_yaml(
+        &mut set,
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["default/*.example.com", "other/*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-any}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: details}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-named}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: productpage}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: c-elsewhere}
+spec:
+  hosts: [bookinfo.example.org]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: ratings}}]
+"#,
+    );
+    let mesh = Mesh::default();
+    mesh.set_resources(&set);
+    mesh.upsert_pods(pods_of(&set));
+    let gw = gateway_of(&mesh, &ingress_pod()).unwrap();
+    let routes: Vec<(Vec<String>, String)> = gw.servers[0]
+        .http
+        .iter()
+        .map(|h| (h.hosts.clone(), h.routes[0].destination.name.clone()))
+        .collect();
+    // `other/*` admits only VirtualServices of namespace `other`; `*.example.org` is no
+    // host of the server.
+    assert_eq!(
+        routes,
+        vec![
+            (vec!["*.example.com".to_owned()], "details".to_owned()),
+            (
+                vec!["bookinfo.example.com".to_owned()],
+                "productpage".to_owned()
+            ),
+        ]
+    );
 }

@@ -19,7 +19,9 @@ mod gateway;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
-pub use gateway::{GatewayConfig, GatewayHttpRoute, GatewayProtocol, GatewayServer, PathMatch};
+pub use gateway::{
+    host_selected, GatewayConfig, GatewayHttpRoute, GatewayProtocol, GatewayServer, PathMatch,
+};
 
 /// Errors from loading a configuration.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@
 //!
 //! A `TCP` server gives every connection a weighted route. An `HTTP` server reads the
 //! connection's first request head (at most [`MAX_HEAD_BYTES`], within [`HEAD_TIMEOUT`]),
-//! matches its path without the query string against the routes in order, and sends the
+//! matches its `Host` (without port) and its path without the query string against the
+//! routes in order, and sends the
 //! whole connection to the first route that matches, replaying the bytes already read:
 //! routing is per connection, by its first request, so later requests on a kept-alive
 //! connection follow the first one. A request no route matches gets `404 Not Found`, an
@@ -23,7 +24,7 @@ use telemetry::ResponseFlags;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{GatewayConfig, GatewayProtocol, PathMatch};
+use crate::config::{host_selected, GatewayConfig, GatewayProtocol, PathMatch};
 use crate::outbound::{self, RouteTable, ServicePort, Target};
 use crate::sidecar::{Generation, Shared};
 
@@ -43,7 +44,15 @@ const LINGER_BYTES: usize = 64 * 1024;
 enum ServerRoutes {
     /// `None`: the server has no route (connections are refused with `NC`).
     Tcp(Option<Arc<ServicePort>>),
-    Http(Vec<(Vec<PathMatch>, Arc<ServicePort>)>),
+    Http(Vec<HttpEntry>),
+}
+
+/// One HTTP route of a server: its conditions and where it sends connections.
+#[derive(Debug)]
+struct HttpEntry {
+    hosts: Vec<String>,
+    matches: Vec<PathMatch>,
+    set: Arc<ServicePort>,
 }
 
 /// The routes of every gateway server, by port.
@@ -71,7 +80,11 @@ impl GatewayTable {
                                 &h.routes,
                                 previous,
                             )?;
-                            Some((h.matches.clone(), set))
+                            Some(HttpEntry {
+                                hosts: h.hosts.clone(),
+                                matches: h.matches.clone(),
+                                set,
+                            })
                         })
                         .collect(),
                 ),
@@ -86,16 +99,19 @@ impl GatewayTable {
         self.servers.contains_key(&port)
     }
 
-    /// The route set of the first HTTP route of server `port` whose match selects
-    /// `path`.
-    fn http_route(&self, port: u16, path: &str) -> Option<Arc<ServicePort>> {
+    /// The route set of the first HTTP route of server `port` that selects a request
+    /// for `host` (without port) and `path`.
+    fn http_route(&self, port: u16, host: Option<&str>, path: &str) -> Option<Arc<ServicePort>> {
         let Some(ServerRoutes::Http(routes)) = self.servers.get(&port) else {
             return None;
         };
         routes
             .iter()
-            .find(|(matches, _)| matches.is_empty() || matches.iter().any(|m| m.matches(path)))
-            .map(|(_, set)| set.clone())
+            .find(|e| {
+                host_selected(&e.hosts, host)
+                    && (e.matches.is_empty() || e.matches.iter().any(|m| m.matches(path)))
+            })
+            .map(|e| e.set.clone())
     }
 }
 
@@ -211,6 +227,39 @@ pub fn request_path(head: &[u8]) -> Result<&str, HeadError> {
     Ok(&path[..end])
 }
 
+/// The host a request is for, without port: the `Host` header's (or, without one, the
+/// authority of an absolute-form target). `None` when the request names none.
+pub fn request_host(head: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    let request_line = lines.next()?;
+    let header = lines.take_while(|l| !l.is_empty()).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("host")
+            .then(|| value.trim())
+    });
+    let authority = match header {
+        Some(h) => h,
+        None => {
+            let target = request_line.split(' ').nth(1)?;
+            let rest = target
+                .strip_prefix("http://")
+                .or_else(|| target.strip_prefix("https://"))?;
+            rest.split(['/', '?', '#']).next()?
+        }
+    };
+    let host = if authority.starts_with('[') {
+        // An IPv6 literal keeps its brackets.
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
@@ -274,7 +323,11 @@ pub(crate) async fn handle(
             let head = read_head(&mut client, MAX_HEAD_BYTES, HEAD_TIMEOUT).await;
             let status = match &head {
                 Ok(buf) => match request_path(buf) {
-                    Ok(path) => match gen.gateway.as_ref().and_then(|g| g.http_route(port, path)) {
+                    Ok(path) => match gen
+                        .gateway
+                        .as_ref()
+                        .and_then(|g| g.http_route(port, request_host(buf), path))
+                    {
                         Some(set) => {
                             tracing::debug!(conn = %ctx, path, route = set.key(), "gateway route");
                             let replay = head.unwrap_or_default();
@@ -295,7 +348,7 @@ pub(crate) async fn handle(
                             return;
                         }
                         None => {
-                            tracing::info!(conn = %ctx, path = %truncate(path), "no gateway route matches the request path; 404");
+                            tracing::info!(conn = %ctx, host = ?request_host(buf).map(truncate), path = %truncate(path), "no gateway route matches the request; 404");
                             "404 Not Found"
                         }
                     },

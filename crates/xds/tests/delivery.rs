@@ -381,6 +381,7 @@ async fn a_gateway_arrives_in_the_workload_resource_alone() {
             listen: None,
             tcp: vec![],
             http: vec![GatewayHttpRoute {
+                hosts: vec![],
                 matches: vec![PathMatch::Prefix("/static".into())],
                 routes: vec![proxy::config::Route {
                     weight: 100,

@@ -58,20 +58,48 @@ pub(crate) fn binds_gateways(doc: &Document) -> bool {
     matches!(&doc.resource.spec, Spec::VirtualService(vs) if vs.gateways.iter().any(|g| g != "mesh"))
 }
 
-/// True when one of the VirtualService's hosts falls under one of the server's hosts
-/// (`[namespace/]host`, `*` and `.` namespaces as Istio reads them).
-fn hosts_overlap(server_hosts: &[String], gw_ns: &str, vs_ns: &str, vs_hosts: &[String]) -> bool {
-    server_hosts.iter().any(|sh| {
+/// The hosts a VirtualService answers on a server: for every pair of a server host
+/// (`[namespace/]host`, with `*` and `.` namespaces as Istio reads them) and a
+/// VirtualService host that overlap, the narrower of the two. `None` when no pair
+/// overlaps (the VirtualService is not bound to the server); an empty list when the
+/// answer is any host (`*`).
+fn effective_hosts(
+    server_hosts: &[String],
+    gw_ns: &str,
+    vs_ns: &str,
+    vs_hosts: &[String],
+) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    let mut any = false;
+    for sh in server_hosts {
         let (ns, host) = match sh.split_once('/') {
             Some((ns, host)) => (ns, host),
             None => ("*", sh.as_str()),
         };
-        let ns_ok = ns == "*" || (ns == "." && vs_ns == gw_ns) || ns == vs_ns;
-        ns_ok
-            && vs_hosts
-                .iter()
-                .any(|vh| host_matches(host, vh) || host_matches(vh, host))
-    })
+        if !(ns == "*" || (ns == "." && vs_ns == gw_ns) || ns == vs_ns) {
+            continue;
+        }
+        for vh in vs_hosts {
+            let narrower = if host_matches(host, vh) {
+                vh.as_str()
+            } else if host_matches(vh, host) {
+                host
+            } else {
+                continue;
+            };
+            any = true;
+            if !out.iter().any(|h| h == narrower) {
+                out.push(narrower.to_owned());
+            }
+        }
+    }
+    if !any {
+        return None;
+    }
+    if out.iter().any(|h| h == "*") {
+        out.clear();
+    }
+    Some(out)
 }
 
 fn l4_selects(m: &L4Match, port: u16, vs_ns: &str, gw: &Key) -> bool {
@@ -100,20 +128,23 @@ fn path_condition(m: &HttpMatch, port: u16, vs_ns: &str, gw: &Key) -> Option<Opt
 }
 
 /// The VirtualServices bound to Gateway `gw` whose hosts overlap the server's, in
-/// namespace/name order.
+/// namespace/name order, with the hosts each answers there (empty: any).
 fn bound<'a>(
     snap: &'a Snapshot,
     gw: &Key,
     server_hosts: &'a [String],
-) -> impl Iterator<Item = (&'a str, &'a VirtualServiceSpec)> + 'a {
+) -> impl Iterator<Item = (&'a str, &'a VirtualServiceSpec, Vec<String>)> + 'a {
     let gw = gw.clone();
     snap.virtual_services.docs.values().filter_map(move |d| {
         let Spec::VirtualService(vs) = &d.resource.spec else {
             return None;
         };
         let ns = d.resource.namespace();
-        (names_gateway(&vs.gateways, ns, &gw) && hosts_overlap(server_hosts, &gw.0, ns, &vs.hosts))
-            .then_some((ns, vs))
+        if !names_gateway(&vs.gateways, ns, &gw) {
+            return None;
+        }
+        let hosts = effective_hosts(server_hosts, &gw.0, ns, &vs.hosts)?;
+        Some((ns, vs, hosts))
     })
 }
 
@@ -158,7 +189,7 @@ pub(crate) fn compute(snap: &Snapshot, opts: &MeshOptions, pod: &Pod) -> Option<
             };
             match protocol {
                 GatewayProtocol::Tcp => {
-                    let rule = bound(snap, key, &s.hosts).find_map(|(ns, vs)| {
+                    let rule = bound(snap, key, &s.hosts).find_map(|(ns, vs, _)| {
                         vs.tcp
                             .iter()
                             .find(|r| {
@@ -176,7 +207,7 @@ pub(crate) fn compute(snap: &Snapshot, opts: &MeshOptions, pod: &Pod) -> Option<
                     }
                 }
                 GatewayProtocol::Http => {
-                    for (ns, vs) in bound(snap, key, &s.hosts) {
+                    for (ns, vs, hosts) in bound(snap, key, &s.hosts) {
                         for r in vs.http.iter().filter(|r| !r.route.is_empty()) {
                             let matches = if r.matches.is_empty() {
                                 Some(Vec::new())
@@ -196,6 +227,7 @@ pub(crate) fn compute(snap: &Snapshot, opts: &MeshOptions, pod: &Pod) -> Option<
                             };
                             let Some(matches) = matches else { continue };
                             server.http.push(GatewayHttpRoute {
+                                hosts: hosts.clone(),
                                 matches,
                                 routes: r
                                     .route

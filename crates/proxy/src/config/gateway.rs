@@ -63,6 +63,10 @@ pub struct GatewayServer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayHttpRoute {
+    /// Host names the request's `Host` header (without port, any case) must match: exact
+    /// names, or `*.suffix` wildcards. Empty: any host (as `*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Conditions on the request path (any one selects the request); empty selects every
     /// request.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "match")]
@@ -92,8 +96,30 @@ impl PathMatch {
 }
 
 impl GatewayHttpRoute {
-    /// True when the route selects a request for `path`.
-    pub fn selects(&self, path: &str) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(path))
+    /// True when the route selects a request for `host` (the `Host` header without its
+    /// port; `None` when the request has none) and `path`.
+    pub fn selects(&self, host: Option<&str>, path: &str) -> bool {
+        host_selected(&self.hosts, host)
+            && (self.matches.is_empty() || self.matches.iter().any(|m| m.matches(path)))
     }
+}
+
+/// True when `host` is one of `hosts` (`*` and `*.suffix` wildcards, any case); an empty
+/// list takes every request, and a request without a host only such a list or `*`.
+pub fn host_selected(hosts: &[String], host: Option<&str>) -> bool {
+    if hosts.is_empty() || hosts.iter().any(|h| h == "*") {
+        return true;
+    }
+    let Some(host) = host else {
+        return false;
+    };
+    hosts.iter().any(|pattern| match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host
+                    .get(host.len() - suffix.len()..)
+                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+        }
+        None => pattern.eq_ignore_ascii_case(host),
+    })
 }

@@ -442,6 +442,23 @@ fn gateway(
                     ));
                 }
             }
+            for (k, host) in h.hosts.iter().enumerate() {
+                let name = host.strip_prefix("*.").unwrap_or(host);
+                let ok = host == "*"
+                    || (!name.is_empty()
+                        && !name.contains('*')
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                if !ok {
+                    return Err(c.err(
+                        format!("{hfield}.hosts[{k}]"),
+                        host,
+                        "is not a host name",
+                        "write a name such as bookinfo.example.com, a wildcard such as *.example.com, or *",
+                    ));
+                }
+            }
             if h.routes.is_empty() {
                 return Err(c.err(
                     format!("{hfield}.routes"),

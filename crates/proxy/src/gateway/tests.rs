@@ -22,6 +22,7 @@ fn bookinfo() -> GatewayConfig {
             listen: None,
             tcp: Vec::new(),
             http: vec![GatewayHttpRoute {
+                hosts: vec![],
                 matches: vec![
                     PathMatch::Exact("/productpage".into()),
                     PathMatch::Prefix("/static".into()),
@@ -37,7 +38,10 @@ fn bookinfo() -> GatewayConfig {
 
 fn route_of(table: &GatewayTable, request: &str) -> Option<String> {
     let path = request_path(request.as_bytes()).unwrap();
-    table.http_route(8080, path).map(|s| s.key().to_owned())
+    let host = request_host(request.as_bytes());
+    table
+        .http_route(8080, host, path)
+        .map(|s| s.key().to_owned())
 }
 
 #[test]
@@ -186,4 +190,104 @@ async fn error_responses_close_the_connection() {
         got,
         "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
+}
+
+#[test]
+fn the_host_comes_from_the_header_without_its_port() {
+    for (req, host) in [
+        (
+            "GET / HTTP/1.1\r\nHost: bookinfo.example.com\r\n\r\n",
+            Some("bookinfo.example.com"),
+        ),
+        (
+            "GET / HTTP/1.1\r\nx: y\r\nhOsT:  Bookinfo:8080 \r\n\r\n",
+            Some("Bookinfo"),
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: [fd00::1]:8080\r\n\r\n",
+            Some("[fd00::1]"),
+        ),
+        (
+            "GET http://a.example:80/p HTTP/1.1\r\n\r\n",
+            Some("a.example"),
+        ),
+        ("GET / HTTP/1.0\r\n\r\n", None),
+        ("GET / HTTP/1.1\r\nhost:\r\n\r\n", None),
+        // A `Host` line after the head's end belongs to the body.
+        ("GET / HTTP/1.1\r\n\r\nhost: b\r\n", None),
+    ] {
+        assert_eq!(request_host(req.as_bytes()), host, "{req:?}");
+    }
+}
+
+#[test]
+fn routes_with_hosts_select_by_host_first() {
+    let mut config = bookinfo();
+    let mut only = config.servers[0].http[0].clone();
+    only.hosts = vec!["bookinfo.example.com".into(), "*.bookinfo.test".into()];
+    only.matches.clear();
+    config.servers[0].http.insert(0, only);
+    let mut routes = RouteTable::default();
+    let table = GatewayTable::build(&config, &mut routes, &RouteTable::default());
+    for (host, route) in [
+        ("bookinfo.example.com", "gateway:8080/http[0]"),
+        ("BOOKINFO.example.com:8080", "gateway:8080/http[0]"),
+        ("www.bookinfo.test", "gateway:8080/http[0]"),
+        ("bookinfo.test", "gateway:8080/http[1]"),
+        ("other.example.com", "gateway:8080/http[1]"),
+    ] {
+        let req = format!("GET /login HTTP/1.1\r\nhost: {host}\r\n\r\n");
+        assert_eq!(route_of(&table, &req).as_deref(), Some(route), "{host}");
+    }
+    assert_eq!(
+        route_of(
+            &table,
+            "GET /other HTTP/1.1\r\nhost: other.example.com\r\n\r\n"
+        ),
+        None
+    );
+    assert_eq!(
+        route_of(
+            &table,
+            "GET /other HTTP/1.1\r\nhost: www.bookinfo.test\r\n\r\n"
+        )
+        .as_deref(),
+        Some("gateway:8080/http[0]")
+    );
+}
+
+#[test]
+fn invalid_gateway_configurations_name_the_field() {
+    let check = |g: GatewayConfig| {
+        let mut c = crate::config::ProxyConfig::minimal("istio-system", "gw");
+        c.gateway = Some(g);
+        c.validate("gw.yaml").unwrap_err().to_string()
+    };
+    let mut twice = bookinfo();
+    twice.servers.push(twice.servers[0].clone());
+    assert_eq!(
+        check(twice),
+        "gw.yaml: field `gateway.servers[1].port` = \"8080\": is listed twice; fix: list each gateway port once, with all its routes"
+    );
+    let mut relative = bookinfo();
+    relative.servers[0].http[0].matches[1] = PathMatch::Prefix("static".into());
+    assert_eq!(
+        check(relative),
+        "gw.yaml: field `gateway.servers[0].http[0].match[1]` = \"static\": is not a path; fix: start the path with `/`, e.g. /productpage"
+    );
+    let mut host = bookinfo();
+    host.servers[0].http[0].hosts = vec!["a b".into()];
+    assert!(check(host).starts_with(
+        "gw.yaml: field `gateway.servers[0].http[0].hosts[0]` = \"a b\": is not a host name"
+    ),);
+    let mut mixed = bookinfo();
+    mixed.servers[0].protocol = GatewayProtocol::Tcp;
+    assert!(check(mixed).starts_with(
+        "gw.yaml: field `gateway.servers[0].http` = \"1 route(s)\": is set on a TCP server"
+    ));
+    let mut zero = bookinfo();
+    zero.servers[0].http[0].routes[0].weight = 0;
+    assert!(check(zero).starts_with(
+        "gw.yaml: field `gateway.servers[0].http[0].routes[*].weight` = \"[0]\": are all 0"
+    ));
 }

@@ -35,6 +35,7 @@ fn server(port: u16, protocol: GatewayProtocol) -> GatewayServer {
 /// bookinfo-gateway.yaml's route to `productpage`.
 fn bookinfo_route(endpoints: Vec<Endpoint>) -> GatewayHttpRoute {
     GatewayHttpRoute {
+        hosts: Vec::new(),
         matches: vec![
             PathMatch::Exact("/productpage".into()),
             PathMatch::Prefix("/static".into()),

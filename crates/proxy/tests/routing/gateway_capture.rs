@@ -131,6 +131,7 @@ fn captured_traffic_is_routed_by_original_port_and_new_ports_arrive_live() {
                 listen: None,
                 tcp: Vec::new(),
                 http: vec![GatewayHttpRoute {
+                    hosts: Vec::new(),
                     matches: vec![PathMatch::Exact("/productpage".into())],
                     routes: vec![route(100, "productpage", up.endpoints(&["productpage"]))],
                 }],

@@ -57,6 +57,7 @@ pub fn gateway_to_proto(g: &GatewayConfig) -> proto::Gateway {
                     .http
                     .iter()
                     .map(|h| proto::GatewayHttpRoute {
+                        hosts: h.hosts.clone(),
                         matches: h.matches.iter().map(path_to_proto).collect(),
                         routes: h.routes.iter().map(route_to_proto).collect(),
                     })
@@ -87,6 +88,7 @@ pub fn gateway_from_proto(g: &proto::Gateway, at: &str) -> Result<GatewayConfig,
         for (j, h) in s.http.iter().enumerate() {
             let hat = format!("{at}.http[{j}]");
             http.push(GatewayHttpRoute {
+                hosts: h.hosts.clone(),
                 matches: h
                     .matches
                     .iter()

@@ -129,6 +129,10 @@ fn sample_gateway() -> GatewayConfig {
                 listen: None,
                 tcp: vec![],
                 http: vec![GatewayHttpRoute {
+                    hosts: vec![
+                        "bookinfo.example.com".to_owned(),
+                        "*.bookinfo.test".to_owned(),
+                    ],
                     matches: vec![
                         PathMatch::Exact("/productpage".to_owned()),
                         PathMatch::Prefix("/static".to_owned()),
