@@ -5,7 +5,9 @@
 //! Service selector → pods, port → targetPort, DestinationRule subsets, load balancing,
 //! TLS mode with auto mTLS, connection-pool limits, VirtualService TCP routes and
 //! match-less HTTP routes, PeerAuthentication and Telemetry resolved mesh → namespace →
-//! workload.
+//! workload; and for the pods an Istio Gateway selects, the Gateway's servers routed by
+//! the VirtualServices bound to it (HTTP by path, TCP by port, with weights and
+//! subsets).
 //!
 //! Work is proportional to the change: each outbound service is cached with the set of
 //! hosts it depends on (itself and its route destinations), each proxy's workload settings
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 use xds::{NodeInfo, ProxyView, SubscribeError, ViewSource};
 
 mod engine;
+mod gateway;
 mod index;
 mod resource_checks;
 mod service;

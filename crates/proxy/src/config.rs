@@ -15,9 +15,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod duration;
+mod gateway;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
+pub use gateway::{
+    host_selected, GatewayConfig, GatewayHttpRoute, GatewayProtocol, GatewayServer, PathMatch,
+};
 
 /// Errors from loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,9 @@ pub struct ProxyConfig {
     /// Metric reporting switches and Telemetry API overrides.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Gateway mode (an ingress gateway's servers and routes); unset for a sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// Who this sidecar is.
@@ -769,6 +776,7 @@ impl ProxyConfig {
             readiness: ReadinessConfig { listen: loopback0 },
             capture: CaptureConfig::default(),
             telemetry: TelemetryConfig::default(),
+            gateway: None,
         }
     }
 

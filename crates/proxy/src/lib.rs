@@ -13,7 +13,8 @@
 //! [`config`] (the configuration), [`tls`] (certificates, SPIFFE verification),
 //! [`exchange`] (metadata exchange on a stream), [`copy`] (one direction of bytes),
 //! [`connection`] (connects, the two-way pump, live-connection table), [`outbound`] and
-//! [`inbound`] (the two listeners' connection handling), [`capture`] (iptables rules).
+//! [`inbound`] (the two listeners' connection handling), [`gateway`] (gateway mode: an
+//! ingress gateway's servers routed by port and HTTP path), [`capture`] (iptables rules).
 
 mod admin;
 pub mod capture;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod copy;
 pub mod exchange;
+pub mod gateway;
 mod health;
 pub mod inbound;
 pub mod outbound;

@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{
     Endpoint, EndpointTls, LoadBalancer, OutboundPort, OutboundService, OutboundTrafficPolicy,
-    ServiceRef,
+    Route, ServiceRef,
 };
 use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PumpEnd};
 use crate::exchange;
@@ -208,6 +208,41 @@ impl RouteTable {
     pub fn by_key(&self, key: &str) -> Option<Arc<ServicePort>> {
         self.by_key.get(key).cloned()
     }
+
+    /// A set of weighted routes that belongs to no service port (a gateway server's or
+    /// one of its HTTP routes), named `key`; `None` when `routes` is empty. Endpoint
+    /// counts are shared with this table's service ports and carried over from
+    /// `previous`.
+    pub fn route_set(
+        &mut self,
+        key: String,
+        routes: &[Route],
+        previous: &RouteTable,
+    ) -> Option<Arc<ServicePort>> {
+        if routes.is_empty() {
+            return None;
+        }
+        let routes: Vec<WeightedRoute> = routes
+            .iter()
+            .map(|r| WeightedRoute {
+                weight: r.weight,
+                service: destination_service(&r.destination),
+                subset: r.subset.clone(),
+                unresolved: r.unresolved.clone(),
+                pool: self.pool(&r.endpoints, r.load_balancer.unwrap_or_default(), previous),
+            })
+            .collect();
+        let active = previous.port_active.get(&key).cloned().unwrap_or_default();
+        self.port_active.insert(key.clone(), active.clone());
+        Some(Arc::new(ServicePort {
+            total_weight: routes.iter().map(|r| u64::from(r.weight)).sum(),
+            key,
+            routes,
+            max_connections: None,
+            active,
+            connect_timeout: None,
+        }))
+    }
 }
 
 /// What a connection is routed to.
@@ -335,8 +370,43 @@ async fn connect_endpoint(
     })
 }
 
+/// Records a connection refused before any destination was chosen (a gateway request
+/// that no route matches, or that is not readable HTTP): opened and closed at once with
+/// `flags`, reported as traffic to `BlackHoleCluster` like any other connection without
+/// a route.
+pub(crate) fn refuse(
+    shared: &Shared,
+    source: SocketAddr,
+    destination: SocketAddr,
+    flags: ResponseFlags,
+) {
+    let service = Target::NoRoute.service();
+    let local = shared.local.workload(None);
+    let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, flags);
+    let recorder = shared.metrics.recorder(fallback);
+    let bytes = recorder.byte_counters();
+    let guard = shared
+        .live
+        .register(Direction::Outbound, source, destination, bytes.clone());
+    guard.entry().set_service(&service.fqdn);
+    let log = AccessLog {
+        direction: Direction::Outbound,
+        source,
+        destination,
+        upstream: None,
+        service: &service.fqdn,
+        peer: "unknown",
+        bytes: &bytes,
+        started: Instant::now(),
+        flags,
+    };
+    log.finish(recorder, flags);
+}
+
 /// Serves one outbound connection to its end. `gen` is the configuration the
-/// connection was accepted under; it keeps it to the end.
+/// connection was accepted under; it keeps it to the end. `replay` holds bytes already
+/// read from the client (a gateway's first request head); they are sent upstream first
+/// and counted as received.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
@@ -344,6 +414,7 @@ pub(crate) async fn handle(
     source: SocketAddr,
     destination: SocketAddr,
     target: Target,
+    replay: Vec<u8>,
 ) {
     let started = Instant::now();
     let route = match &target {
@@ -517,6 +588,25 @@ pub(crate) async fn handle(
         on_result(None, None);
         None
     };
+    if !replay.is_empty() {
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &replay);
+        match tokio::time::timeout(limits.connect_timeout, write).await {
+            Ok(Ok(())) => bytes.add_received(replay.len() as u64),
+            Ok(Err(e)) => {
+                tracing::warn!(conn = %ctx, error = %e, "sending the request head upstream failed");
+                recorder.close(None);
+                log.emit();
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(conn = %ctx, "sending the request head upstream timed out");
+                recorder.close(None);
+                log.emit();
+                return;
+            }
+        }
+    }
+    drop(replay);
     let _ = client.set_nodelay(true);
     let end = connection::pump(
         client,

@@ -17,6 +17,7 @@ use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::connection::LiveConnections;
 use crate::exchange::LocalNode;
+use crate::gateway::{self, GatewayTable};
 use crate::health::HealthMetrics;
 use crate::inbound::{self, InboundTarget};
 use crate::outbound::{self, RouteTable, Target};
@@ -84,6 +85,8 @@ pub struct BoundAddrs {
     pub inbound_ports: BTreeMap<u16, SocketAddr>,
     /// Explicit outbound listeners by `<name>.<namespace>:<port>`.
     pub outbound_services: BTreeMap<String, SocketAddr>,
+    /// Explicit gateway server listeners by server port.
+    pub gateway_servers: BTreeMap<u16, SocketAddr>,
     /// Admin endpoint.
     pub admin: SocketAddr,
     /// Prometheus endpoint.
@@ -135,6 +138,8 @@ pub(crate) struct Generation {
     /// The control plane's version string (`static` for the start-up configuration).
     pub(crate) version: String,
     pub(crate) routes: RouteTable,
+    /// Gateway servers' routes (gateway mode only).
+    pub(crate) gateway: Option<GatewayTable>,
     pub(crate) inbound_permits: Option<Arc<Semaphore>>,
     pub(crate) outbound_permits: Option<Arc<Semaphore>>,
 }
@@ -144,10 +149,13 @@ impl Generation {
     /// port, and the `limits.maxConnections` permits when the limit is unchanged) carry
     /// over from `previous`.
     fn new(config: Arc<ProxyConfig>, version: String, previous: Option<&Generation>) -> Self {
-        let routes = match previous {
-            Some(p) => RouteTable::rebuild(&config.outbound.services, &p.routes),
-            None => RouteTable::new(&config.outbound.services),
-        };
+        let empty = RouteTable::default();
+        let previous_routes = previous.map_or(&empty, |p| &p.routes);
+        let mut routes = RouteTable::rebuild(&config.outbound.services, previous_routes);
+        let gateway = config
+            .gateway
+            .as_ref()
+            .map(|g| GatewayTable::build(g, &mut routes, previous_routes));
         let max = config.limits.max_connections;
         let keep = previous.filter(|p| p.config.limits.max_connections == max);
         let permits = |old: Option<&Option<Arc<Semaphore>>>| match old {
@@ -158,6 +166,7 @@ impl Generation {
             inbound_permits: permits(keep.map(|p| &p.inbound_permits)),
             outbound_permits: permits(keep.map(|p| &p.outbound_permits)),
             routes,
+            gateway,
             version,
             config,
         }
@@ -177,6 +186,8 @@ enum Listener {
     OutboundCapture(SocketAddr),
     /// An explicit outbound listener for `<name>.<namespace>:<port>`.
     OutboundRoute(String),
+    /// An explicit listener for a gateway server port.
+    GatewayServer(u16),
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -259,6 +270,7 @@ impl Proxy {
             outbound: None,
             inbound_ports: BTreeMap::new(),
             outbound_services: BTreeMap::new(),
+            gateway_servers: BTreeMap::new(),
             admin: unbound,
             stats: unbound,
             readiness: unbound,
@@ -296,6 +308,16 @@ impl Proxy {
                     .insert(key.clone(), local_addr(&l, &key, addr)?);
                 listeners.push((l, Listener::OutboundRoute(key)));
             }
+        }
+
+        for server in config.gateway.iter().flat_map(|g| &g.servers) {
+            let Some(addr) = server.listen else { continue };
+            let what = format!("gateway server {}", server.port);
+            let l = bind(what.clone(), addr).await?;
+            addrs
+                .gateway_servers
+                .insert(server.port, local_addr(&l, &what, addr)?);
+            listeners.push((l, Listener::GatewayServer(server.port)));
         }
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -457,13 +479,27 @@ async fn serve(
                 .map(InboundTarget::for_port);
             inbound::handle(shared, gen, stream, peer, local, target).await
         }
+        Listener::GatewayServer(port) => {
+            Box::pin(gateway::handle(shared, gen, stream, peer, local, port)).await
+        }
         Listener::InboundCapture(listen) => {
-            let (dst, target) = match original_destination(&stream) {
-                Some(dst) if dst != local && dst.port() != listen.port() => (
+            let original = original_destination(&stream)
+                .filter(|dst| *dst != local && dst.port() != listen.port());
+            if let Some(dst) = original {
+                if gen.gateway.as_ref().is_some_and(|g| g.serves(dst.port())) {
+                    // A gateway server port: the connection is routed, not delivered to
+                    // a local app. Boxed so that sidecar connections do not carry the
+                    // gateway's larger future.
+                    return Box::pin(gateway::handle(shared, gen, stream, peer, dst, dst.port()))
+                        .await;
+                }
+            }
+            let (dst, target) = match original {
+                Some(dst) => (
                     dst,
                     Some(InboundTarget::for_original_destination(&gen.config, dst)),
                 ),
-                _ => (local, None),
+                None => (local, None),
             };
             inbound::handle(shared, gen, stream, peer, dst, target).await
         }
@@ -475,7 +511,7 @@ async fn serve(
                 },
                 None => Target::NoRoute,
             };
-            outbound::handle(shared, gen, stream, peer, local, target).await
+            outbound::handle(shared, gen, stream, peer, local, target, Vec::new()).await
         }
         Listener::OutboundCapture(listen) => {
             let (dst, target) = match original_destination(&stream) {
@@ -486,7 +522,7 @@ async fn serve(
                 // A direct connection to the capture port would loop back to us.
                 _ => (local, Target::NoRoute),
             };
-            outbound::handle(shared, gen, stream, peer, dst, target).await
+            outbound::handle(shared, gen, stream, peer, dst, target, Vec::new()).await
         }
     }
 }

@@ -18,6 +18,10 @@ use proxy::config::{
 use crate::proto;
 use crate::{NodeInfo, WorkloadConfig};
 
+mod gateway;
+
+pub use gateway::{gateway_from_proto, gateway_to_proto};
+
 /// A protobuf value that has no meaning as proxy configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
@@ -449,6 +453,7 @@ pub fn workload_to_proto(w: &WorkloadConfig) -> proto::Workload {
         traffic_policy: policy_to_proto(w.traffic_policy) as i32,
         reporting_interval: Some(duration_to_proto(w.reporting_interval)),
         telemetry: Some(telemetry_to_proto(&w.telemetry)),
+        gateway: w.gateway.as_ref().map(gateway_to_proto),
     }
 }
 
@@ -485,6 +490,11 @@ pub fn workload_from_proto(w: &proto::Workload, at: &str) -> Result<WorkloadConf
             Some(t) => telemetry_from_proto(t, &format!("{at}.telemetry"))?,
             None => TelemetryConfig::default(),
         },
+        gateway: w
+            .gateway
+            .as_ref()
+            .map(|g| gateway_from_proto(g, &format!("{at}.gateway")))
+            .transpose()?,
     })
 }
 
@@ -550,7 +560,9 @@ pub fn node_info_of(config: &ProxyConfig) -> NodeInfo {
 
 /// The configuration a proxy runs: its static bootstrap part with the pushed resources
 /// merged in. Services are ordered by host name; without a workload resource the
-/// bootstrap's own workload settings stay.
+/// bootstrap's own workload settings stay. The workload resource's gateway replaces the
+/// bootstrap's (so a proxy started as a plain sidecar becomes a gateway when the control
+/// plane says its pod is one).
 pub fn assemble<'a>(
     base: &ProxyConfig,
     workload: Option<&WorkloadConfig>,
@@ -564,6 +576,7 @@ pub fn assemble<'a>(
         config.outbound.traffic_policy = w.traffic_policy;
         config.reporting.interval = w.reporting_interval;
         config.telemetry = w.telemetry.clone();
+        config.gateway = w.gateway.clone();
     }
     config
 }
@@ -605,6 +618,7 @@ pub(crate) mod tests_support {
             traffic_policy: OutboundTrafficPolicy::AllowAny,
             reporting_interval: Duration::from_secs(15),
             telemetry: TelemetryConfig::default(),
+            gateway: None,
         }
     }
 }

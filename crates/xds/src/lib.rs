@@ -2,8 +2,8 @@
 //!
 //! The control plane computes a [`ProxyView`] per connected proxy; this crate carries it
 //! over a gRPC stream as xDS-style delta updates of weir's own protobuf resource types
-//! (one resource per outbound service, one for the workload's own settings), with an
-//! acknowledgement or rejection per update. The proxy side assembles the resources into a
+//! (one resource per outbound service, one for the workload's own settings, which also
+//! carries a gateway's servers and routes), with an acknowledgement or rejection per update. The proxy side assembles the resources into a
 //! [`proxy::config::ProxyConfig`] and swaps it in.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proxy::config::{
-    InboundMode, InboundPort, OutboundService, OutboundTrafficPolicy, TelemetryConfig,
+    GatewayConfig, InboundMode, InboundPort, OutboundService, OutboundTrafficPolicy,
+    TelemetryConfig,
 };
 
 /// What one proxy should run with, as the control plane computed it. Cheap to clone:
@@ -43,6 +44,9 @@ pub struct WorkloadConfig {
     pub reporting_interval: Duration,
     /// Telemetry API overrides resolved mesh → namespace → workload.
     pub telemetry: TelemetryConfig,
+    /// The gateway servers and routes, for a pod an Istio Gateway selects; `None` for a
+    /// sidecar.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// Who a connecting proxy is: what it announces, plus the identity its client

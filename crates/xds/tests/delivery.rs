@@ -353,3 +353,62 @@ async fn a_client_without_a_certificate_is_refused() {
     assert_eq!(server.scrape("weir_control_connected_proxies"), "0");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_gateway_arrives_in_the_workload_resource_alone() {
+    use proxy::config::{
+        GatewayConfig, GatewayHttpRoute, GatewayProtocol, GatewayServer, PathMatch,
+    };
+
+    let pki = Pki::new(&[("default", "productpage")]);
+    let source = TestSource::new(view(&[("reviews", "10.0.0.5:9080")]));
+    let server = RunningServer::start(source.clone(), &pki, "127.0.0.1:0".parse().unwrap()).await;
+    let sink = Arc::new(RecordingSink::default());
+    let mut client = RunningClient::start(
+        server.addr,
+        pki.client("default", "productpage"),
+        sink.clone(),
+    );
+    client
+        .wait_for("first configuration applied", |s| s.applied == 1)
+        .await;
+    assert_eq!(sink.last().gateway, None);
+
+    let gateway = GatewayConfig {
+        servers: vec![GatewayServer {
+            port: 8080,
+            protocol: GatewayProtocol::Http,
+            listen: None,
+            tcp: vec![],
+            http: vec![GatewayHttpRoute {
+                hosts: vec![],
+                matches: vec![PathMatch::Prefix("/static".into())],
+                routes: vec![proxy::config::Route {
+                    weight: 100,
+                    destination: proxy::config::ServiceRef {
+                        name: "reviews".into(),
+                        namespace: "default".into(),
+                        hostname: None,
+                    },
+                    subset: None,
+                    load_balancer: None,
+                    endpoints: vec![],
+                    unresolved: Some("no endpoints in this test".into()),
+                }],
+            }],
+        }],
+    };
+    source.update(|v| {
+        let mut w = (*v.workload).clone();
+        w.gateway = Some(gateway.clone());
+        v.workload = Arc::new(w);
+    });
+    let status = client
+        .wait_for("the gateway applied", |s| s.applied == 2)
+        .await;
+    // Only the workload resource changed.
+    assert_eq!(status.last_update, ["workload".to_owned()]);
+    assert_eq!(sink.last().gateway, Some(gateway));
+    client.stop().await;
+    server.stop().await;
+}

@@ -16,7 +16,7 @@ use xds::{NodeInfo, ProxyView, ServiceMap, SubscribeError, WorkloadConfig};
 use super::index::{fqdn, selects, service_selector, Key, Snapshot};
 use super::vip::VipAllocator;
 use super::workload::{scope_of, Scope};
-use super::{resource_checks, service, workload, MeshOptions, Pod, UpdateStats};
+use super::{gateway, resource_checks, service, workload, MeshOptions, Pod, UpdateStats};
 
 /// Kinds the mesh computes from.
 const KINDS: &[Kind] = &[
@@ -26,6 +26,7 @@ const KINDS: &[Kind] = &[
     Kind::VirtualService,
     Kind::PeerAuthentication,
     Kind::Telemetry,
+    Kind::Gateway,
 ];
 
 #[derive(Debug)]
@@ -52,6 +53,8 @@ struct Dirty {
     services: BTreeSet<String>,
     workloads: BTreeSet<Key>,
     all_workloads: bool,
+    /// A Gateway or a VirtualService bound to one changed: gateway pods are recomputed.
+    gateways: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +98,7 @@ impl Engine {
             Kind::VirtualService => &self.snap.virtual_services.docs,
             Kind::PeerAuthentication => &self.snap.peer_authentications,
             Kind::Telemetry => &self.snap.telemetries,
+            Kind::Gateway => &self.snap.gateways,
             _ => return None,
         })
     }
@@ -238,10 +242,39 @@ impl Engine {
                 }
             }
             Kind::VirtualService => {
+                let old = self.snap.virtual_services.docs.get(&key);
+                if old
+                    .into_iter()
+                    .chain(doc.as_ref())
+                    .any(|d| gateway::binds_gateways(d))
+                {
+                    dirty.gateways = true;
+                }
                 for pattern in self.snap.virtual_services.set(&key, doc) {
                     dirty
                         .services
                         .extend(self.snap.service_hosts_matching(&pattern));
+                }
+            }
+            Kind::Gateway => {
+                let old = match &doc {
+                    Some(d) => self.snap.gateways.insert(key.clone(), d.clone()),
+                    None => self.snap.gateways.remove(&key),
+                };
+                dirty.gateways = true;
+                // Pods that become or stop being gateways change how their services'
+                // endpoints are secured.
+                for d in old.iter().chain(doc.iter()) {
+                    for pod in self.snap.live_pods.values() {
+                        if !gateway::selects(d, &pod.labels) {
+                            continue;
+                        }
+                        for ((ns, name), svc) in self.snap.services_in(&pod.namespace) {
+                            if selects(service_selector(svc), &pod.labels) {
+                                dirty.hosts.insert(fqdn(ns, name));
+                            }
+                        }
+                    }
                 }
             }
             Kind::PeerAuthentication | Kind::Telemetry => {
@@ -394,6 +427,10 @@ impl Engine {
     /// Recomputes what `dirty` names and notifies the proxies whose view changed.
     fn flush(&mut self, dirty: Dirty, started: Instant) -> UpdateStats {
         let mut stats = UpdateStats::default();
+        // Gateway routes hold the endpoints of their destinations (subsets included),
+        // so any service-level change may change them; gateway pods are few.
+        let gateways_dirty =
+            dirty.gateways || !dirty.hosts.is_empty() || !dirty.services.is_empty();
         let mut todo: BTreeSet<String> = dirty.services;
         for host in &dirty.hosts {
             if let Some(deps) = self.dependents.get(host) {
@@ -417,7 +454,7 @@ impl Engine {
             }
         }
         let mut changed_proxies: BTreeSet<Key> = BTreeSet::new();
-        let keys: Vec<Key> = if dirty.all_workloads {
+        let mut keys: Vec<Key> = if dirty.all_workloads {
             self.proxies.keys().cloned().collect()
         } else {
             dirty
@@ -426,6 +463,21 @@ impl Engine {
                 .filter(|k| self.proxies.contains_key(k))
                 .collect()
         };
+        if gateways_dirty && !dirty.all_workloads {
+            let gateway_proxies = self.proxies.iter().filter(|(k, p)| {
+                p.workload.gateway.is_some()
+                    || self
+                        .snap
+                        .live_pods
+                        .get(*k)
+                        .is_some_and(|pod| gateway::is_gateway_pod(&self.snap, pod))
+            });
+            let extra: Vec<Key> = gateway_proxies
+                .map(|(k, _)| k.clone())
+                .filter(|k| !keys.contains(k))
+                .collect();
+            keys.extend(extra);
+        }
         for key in keys {
             let Some(pod) = self.snap.live_pods.get(&key) else {
                 continue;

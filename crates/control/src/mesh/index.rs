@@ -143,6 +143,8 @@ pub(crate) struct Snapshot {
     pub virtual_services: HostIndexed,
     pub peer_authentications: BTreeMap<Key, Arc<Document>>,
     pub telemetries: BTreeMap<Key, Arc<Document>>,
+    /// Istio Gateways.
+    pub gateways: BTreeMap<Key, Arc<Document>>,
     pub pods: BTreeMap<Key, PodEntry>,
     /// The effective pods (see [`PodEntry::effective`]).
     pub live_pods: BTreeMap<Key, Pod>,

@@ -1,7 +1,8 @@
-//! What a single resource asks for that weir's sidecars cannot do at L4, found when the
-//! resource changes (so the report costs nothing per proxy).
+//! What a single resource asks for that weir's sidecars (at L4) or gateways (by HTTP
+//! path) cannot do, found when the resource changes (so the report costs nothing per
+//! proxy).
 
-use config::model::{Document, Spec, TlsMode, TrafficPolicy, WorkloadMode};
+use config::model::{Document, HttpRoute, Spec, TlsMode, TrafficPolicy, WorkloadMode};
 use config::{Diagnostic, Severity};
 
 use super::diagnostic;
@@ -12,32 +13,18 @@ pub(crate) fn check(doc: &Document) -> Vec<Diagnostic> {
     match &doc.resource.spec {
         Spec::VirtualService(vs) => {
             let for_sidecars = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
-            if !for_sidecars {
-                out.push(diagnostic(
-                    doc,
-                    "spec.gateways",
-                    Severity::Info,
-                    format!(
-                        "bound to gateway(s) {} only, so sidecars do not apply it",
-                        vs.gateways.join(", ")
-                    ),
-                    Some(
-                        "add `mesh` to `spec.gateways` to route traffic between sidecars too"
-                            .into(),
-                    ),
-                ));
-            }
+            let for_gateways = vs.gateways.iter().any(|g| g != "mesh");
             for (i, r) in vs.http.iter().enumerate() {
                 let l4_only = r
                     .matches
                     .iter()
                     .all(|m| m.uri.is_none() && m.headers.is_empty() && m.extra.is_empty());
-                if !l4_only {
+                if for_sidecars && !l4_only {
                     out.push(diagnostic(
                         doc,
                         &format!("spec.http[{i}].match"),
                         Severity::Warning,
-                        "this HTTP route matches on request attributes an L4 proxy cannot see, so it is skipped; the first HTTP route without such a match applies to whole connections".into(),
+                        "this HTTP route matches on request attributes an L4 proxy cannot see, so sidecars skip it; the first HTTP route without such a match applies to whole connections".into(),
                         Some("move the route behind a rule without `match`, or use a `tcp` route with `match.port`".into()),
                     ));
                 } else if r.route.is_empty() {
@@ -45,9 +32,12 @@ pub(crate) fn check(doc: &Document) -> Vec<Diagnostic> {
                         doc,
                         &format!("spec.http[{i}]"),
                         Severity::Warning,
-                        "this HTTP route has no `route` destinations (redirect, direct response or delegate), which an L4 proxy cannot perform; it is skipped".into(),
+                        "this HTTP route has no `route` destinations (redirect, direct response or delegate), which weir cannot perform; it is skipped".into(),
                         Some("give the rule `route: [{destination: {host: ...}}]`".into()),
                     ));
+                }
+                if for_gateways {
+                    gateway_match_checks(doc, i, r, &mut out);
                 }
             }
             for (i, r) in vs.tcp.iter().enumerate() {
@@ -72,6 +62,42 @@ pub(crate) fn check(doc: &Document) -> Vec<Diagnostic> {
                         .into(),
                     Some("use `tcp` routes with `match.port`".into()),
                 ));
+            }
+        }
+        Spec::Gateway(gw) => {
+            if gw.selector.0.is_empty() {
+                out.push(diagnostic(
+                    doc,
+                    "spec.selector",
+                    Severity::Warning,
+                    "the Gateway has no selector, so no pod serves it".into(),
+                    Some(
+                        "select the gateway pods, e.g. `selector: {istio: ingressgateway}`".into(),
+                    ),
+                ));
+            }
+            for (i, server) in gw.servers.iter().enumerate() {
+                if super::gateway::protocol_of(&server.port.protocol).is_none() {
+                    out.push(diagnostic(
+                        doc,
+                        &format!("spec.servers[{i}].port.protocol"),
+                        Severity::Warning,
+                        format!(
+                            "protocol {} is not served by weir's gateways (HTTP and TCP are); port {} is not configured",
+                            server.port.protocol, server.port.number
+                        ),
+                        Some("use `protocol: HTTP` or `protocol: TCP`".into()),
+                    ));
+                }
+                if server.extra.contains_key("tls") {
+                    out.push(diagnostic(
+                        doc,
+                        &format!("spec.servers[{i}].tls"),
+                        Severity::Warning,
+                        "TLS settings of gateway servers are not supported; the server is served in plaintext".into(),
+                        Some("terminate TLS in front of the gateway, or remove `tls`".into()),
+                    ));
+                }
             }
         }
         Spec::DestinationRule(dr) => {
@@ -138,6 +164,37 @@ pub(crate) fn check(doc: &Document) -> Vec<Diagnostic> {
         _ => {}
     }
     out
+}
+
+/// What a gateway cannot evaluate in the matches of HTTP rule `i`.
+fn gateway_match_checks(doc: &Document, i: usize, r: &HttpRoute, out: &mut Vec<Diagnostic>) {
+    for (j, m) in r.matches.iter().enumerate() {
+        let path = format!("spec.http[{i}].match[{j}]");
+        if m.uri.as_ref().is_some_and(|u| u.regex.is_some()) {
+            out.push(diagnostic(
+                doc,
+                &format!("{path}.uri.regex"),
+                Severity::Warning,
+                "regex URI matches are not supported by weir's gateways; this match never selects a request".into(),
+                Some("use `exact` or `prefix`".into()),
+            ));
+        }
+        let other = m
+            .headers
+            .keys()
+            .next()
+            .map(|_| "headers")
+            .or_else(|| m.extra.keys().next().map(String::as_str));
+        if let Some(key) = other {
+            out.push(diagnostic(
+                doc,
+                &format!("{path}.{key}"),
+                Severity::Warning,
+                format!("weir's gateways match on the request path only; a match on `{key}` never selects a request"),
+                Some("match on `uri` (`exact` or `prefix`) only".into()),
+            ));
+        }
+    }
 }
 
 fn policy_checks(

@@ -154,7 +154,9 @@ fn endpoints(
                 return None;
             };
             let mutual = match tls {
-                TlsChoice::Auto => pod.sidecar,
+                // A gateway's server ports are plaintext (its proxy does not terminate
+                // mesh mTLS there), as Istio's auto mTLS leaves gateway pods out.
+                TlsChoice::Auto => pod.sidecar && !super::gateway::is_gateway_pod(snap, pod),
                 TlsChoice::IstioMutual => true,
                 TlsChoice::Disable => false,
             };
@@ -404,7 +406,7 @@ fn routes_for_port(
         .collect()
 }
 
-fn route(
+pub(crate) fn route(
     snap: &Snapshot,
     opts: &MeshOptions,
     vs_ns: &str,

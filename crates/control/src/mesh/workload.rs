@@ -93,6 +93,7 @@ pub(crate) fn compute(snap: &Snapshot, opts: &MeshOptions, pod: &Pod) -> Workloa
         traffic_policy: opts.traffic_policy,
         reporting_interval: reporting_interval(snap, opts, pod),
         telemetry: telemetry(snap, opts, pod),
+        gateway: super::gateway::compute(snap, opts, pod),
     }
 }
 

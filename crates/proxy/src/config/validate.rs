@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    ConfigError, Endpoint, EndpointTls, InboundMode, OutboundPort, ProxyConfig, Route, ServiceRef,
+    ConfigError, Endpoint, EndpointTls, GatewayConfig, GatewayProtocol, InboundMode, OutboundPort,
+    PathMatch, ProxyConfig, Route, ServiceRef,
 };
 
 struct Checker<'a> {
@@ -308,6 +309,10 @@ pub(super) fn validate(config: &ProxyConfig, source_name: &str) -> Result<(), Co
         }
     }
 
+    if let Some(gw) = &config.gateway {
+        gateway(&c, &mut listeners, gw, has_tls)?;
+    }
+
     let limits = &config.limits;
     c.positive("reporting.interval", config.reporting.interval)?;
     c.positive("limits.connectTimeout", limits.connect_timeout)?;
@@ -352,6 +357,119 @@ pub(super) fn validate(config: &ProxyConfig, source_name: &str) -> Result<(), Co
     }
     crate::sidecar::overrides::tag_overrides(&config.telemetry)
         .map_err(|e| c.err(e.field, e.value, e.problem, e.fix))?;
+    Ok(())
+}
+
+fn routes(
+    c: &Checker<'_>,
+    field: &str,
+    routes: &[Route],
+    has_tls: bool,
+) -> Result<(), ConfigError> {
+    for (r, route) in routes.iter().enumerate() {
+        c.route(&format!("{field}[{r}]"), route, has_tls)?;
+    }
+    if !routes.is_empty() && routes.iter().all(|r| r.weight == 0) {
+        let weights: Vec<u32> = routes.iter().map(|r| r.weight).collect();
+        return Err(c.err(
+            format!("{field}[*].weight"),
+            format!("{weights:?}"),
+            "are all 0, so no connection has a destination",
+            "give at least one route a weight above 0",
+        ));
+    }
+    Ok(())
+}
+
+fn gateway(
+    c: &Checker<'_>,
+    listeners: &mut Listeners<'_>,
+    gw: &GatewayConfig,
+    has_tls: bool,
+) -> Result<(), ConfigError> {
+    let mut ports = BTreeSet::new();
+    for (i, server) in gw.servers.iter().enumerate() {
+        let field = format!("gateway.servers[{i}]");
+        if server.port == 0 {
+            return Err(c.err(
+                format!("{field}.port"),
+                0,
+                "is not a port",
+                "use the port clients connect to, 1-65535",
+            ));
+        }
+        if !ports.insert(server.port) {
+            return Err(c.err(
+                format!("{field}.port"),
+                server.port,
+                "is listed twice",
+                "list each gateway port once, with all its routes",
+            ));
+        }
+        if let Some(addr) = server.listen {
+            listeners.add(format!("{field}.listen"), addr)?;
+        }
+        match server.protocol {
+            GatewayProtocol::Tcp if !server.http.is_empty() => {
+                return Err(c.err(
+                    format!("{field}.http"),
+                    format!("{} route(s)", server.http.len()),
+                    "is set on a TCP server, which does not read HTTP",
+                    "use `tcp` routes, or set protocol: HTTP",
+                ));
+            }
+            GatewayProtocol::Http if !server.tcp.is_empty() => {
+                return Err(c.err(
+                    format!("{field}.tcp"),
+                    format!("{} route(s)", server.tcp.len()),
+                    "is set on an HTTP server",
+                    "use `http` routes, or set protocol: TCP",
+                ));
+            }
+            _ => {}
+        }
+        routes(c, &format!("{field}.tcp"), &server.tcp, has_tls)?;
+        for (j, h) in server.http.iter().enumerate() {
+            let hfield = format!("{field}.http[{j}]");
+            for (k, m) in h.matches.iter().enumerate() {
+                let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = m;
+                if !p.starts_with('/') {
+                    return Err(c.err(
+                        format!("{hfield}.match[{k}]"),
+                        p,
+                        "is not a path",
+                        "start the path with `/`, e.g. /productpage",
+                    ));
+                }
+            }
+            for (k, host) in h.hosts.iter().enumerate() {
+                let name = host.strip_prefix("*.").unwrap_or(host);
+                let ok = host == "*"
+                    || (!name.is_empty()
+                        && !name.contains('*')
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                if !ok {
+                    return Err(c.err(
+                        format!("{hfield}.hosts[{k}]"),
+                        host,
+                        "is not a host name",
+                        "write a name such as bookinfo.example.com, a wildcard such as *.example.com, or *",
+                    ));
+                }
+            }
+            if h.routes.is_empty() {
+                return Err(c.err(
+                    format!("{hfield}.routes"),
+                    "[]",
+                    "has no destination",
+                    "add at least one route, or remove the entry",
+                ));
+            }
+            routes(c, &format!("{hfield}.routes"), &h.routes, has_tls)?;
+        }
+    }
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub struct UpdateSummary {
     /// The version now in force (shown by `/config_dump`).
     pub version: String,
     /// Top-level sections that differ from the previous configuration (`inbound`,
-    /// `outbound`, `reporting`, `limits`, `telemetry`), in that order; empty when only
+    /// `outbound`, `reporting`, `limits`, `telemetry`, `gateway`), in that order; empty when only
     /// the version changed.
     pub changed: Vec<String>,
 }
@@ -44,7 +44,14 @@ pub enum UpdateError {
 }
 
 /// Sections a running proxy takes over from an update.
-const LIVE_SECTIONS: [&str; 5] = ["inbound", "outbound", "reporting", "limits", "telemetry"];
+const LIVE_SECTIONS: [&str; 6] = [
+    "inbound",
+    "outbound",
+    "reporting",
+    "limits",
+    "telemetry",
+    "gateway",
+];
 
 impl ProxyHandle {
     /// Applies a new configuration to the running proxy; its version becomes the count
@@ -60,7 +67,8 @@ impl ProxyHandle {
     /// moving an explicit listener, the socket mark, `telemetry.enabled`), then replaces
     /// at once what can change live: services, routes, endpoints, load balancing and
     /// pool limits, the inbound mode and ports, telemetry overrides, the reporting
-    /// interval and limits. Connections already open keep the configuration they were
+    /// interval, limits and the gateway servers and routes (a new server port needs no
+    /// listener when traffic arrives through the inbound capture). Connections already open keep the configuration they were
     /// accepted under; new ones use the new one. A refused update changes nothing.
     pub fn update_versioned(
         &self,
@@ -203,6 +211,15 @@ fn restart_required(old: &ProxyConfig, new: &ProxyConfig) -> Result<(), UpdateEr
                         (format!("outbound.services[{i}].ports[{j}].listen"), a),
                     );
                 }
+            }
+        }
+        let servers = c.gateway.iter().flat_map(|g| g.servers.iter().enumerate());
+        for (i, s) in servers {
+            if let Some(a) = s.listen {
+                m.insert(
+                    format!("gateway server {}", s.port),
+                    (format!("gateway.servers[{i}].listen"), a),
+                );
             }
         }
         m

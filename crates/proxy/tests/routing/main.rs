@@ -1,5 +1,6 @@
 //! Routing and live updates over loopback: weighted routes, subsets, load balancers,
-//! pool limits, unresolved routes, configuration swaps and telemetry overrides. Every
+//! pool limits, unresolved routes, configuration swaps, telemetry overrides and gateway
+//! mode. Every
 //! upstream answers with its name first, so each connection says where it went.
 
 #[path = "../sidecar/support.rs"]
@@ -7,6 +8,8 @@
 mod support;
 
 mod balancing;
+mod gateway;
+mod gateway_capture;
 mod updates;
 
 use std::collections::BTreeMap;

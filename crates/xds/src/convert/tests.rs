@@ -1,4 +1,5 @@
 use super::*;
+use proxy::config::{GatewayConfig, GatewayHttpRoute, GatewayProtocol, GatewayServer, PathMatch};
 
 fn endpoint(addr: &str, tls: EndpointTls, identity: Option<&str>) -> Endpoint {
     Endpoint {
@@ -103,7 +104,78 @@ fn sample_workload() -> WorkloadConfig {
                 tag_overrides: tags,
             }],
         },
+        gateway: Some(sample_gateway()),
     }
+}
+
+fn sample_gateway() -> GatewayConfig {
+    let route = |subset: &str, weight: u32| Route {
+        weight,
+        destination: ServiceRef {
+            name: "tcp-echo".to_owned(),
+            namespace: "default".to_owned(),
+            hostname: None,
+        },
+        subset: Some(subset.to_owned()),
+        load_balancer: None,
+        endpoints: vec![endpoint("10.0.0.8:9000", EndpointTls::Disable, None)],
+        unresolved: None,
+    };
+    GatewayConfig {
+        servers: vec![
+            GatewayServer {
+                port: 8080,
+                protocol: GatewayProtocol::Http,
+                listen: None,
+                tcp: vec![],
+                http: vec![GatewayHttpRoute {
+                    hosts: vec![
+                        "bookinfo.example.com".to_owned(),
+                        "*.bookinfo.test".to_owned(),
+                    ],
+                    matches: vec![
+                        PathMatch::Exact("/productpage".to_owned()),
+                        PathMatch::Prefix("/static".to_owned()),
+                    ],
+                    routes: vec![route("v1", 100)],
+                }],
+            },
+            GatewayServer {
+                port: 31400,
+                protocol: GatewayProtocol::Tcp,
+                listen: Some("127.0.0.1:31400".parse().unwrap()),
+                tcp: vec![route("v1", 80), route("v2", 20)],
+                http: vec![],
+            },
+        ],
+    }
+}
+
+#[test]
+fn gateway_bad_values_are_named() {
+    let mut w = workload_to_proto(&sample_workload());
+    let gw = w.gateway.as_mut().unwrap();
+    gw.servers[1].protocol = 9;
+    let e = workload_from_proto(&w, "workload").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "workload.gateway.servers[1].protocol: unknown GatewayProtocol value 9; fix: send one of HTTP, TCP"
+    );
+    let mut w = workload_to_proto(&sample_workload());
+    w.gateway.as_mut().unwrap().servers[0].http[0].matches[1].kind = None;
+    let e = workload_from_proto(&w, "workload").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "workload.gateway.servers[0].http[0].matches[1]: neither `exact` nor `prefix` is set; fix: send one path condition per match"
+    );
+    let mut w = workload_to_proto(&sample_workload());
+    w.gateway.as_mut().unwrap().servers[1].port = 70000;
+    let e = workload_from_proto(&w, "workload").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("workload.gateway.servers[1].port: port 70000 is out of range"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -337,6 +337,7 @@ pub fn workload() -> Arc<WorkloadConfig> {
         traffic_policy: OutboundTrafficPolicy::RegistryOnly,
         reporting_interval: Duration::from_secs(5),
         telemetry: TelemetryConfig::default(),
+        gateway: None,
     })
 }
 
