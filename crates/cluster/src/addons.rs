@@ -2,7 +2,9 @@
 //! injection on (Istio's `istio-injection=enabled` label, as `kubectl label namespace
 //! default istio-injection=enabled` does), `istio-system`, and Prometheus as an add-on
 //! (Istio's `samples/addons/prometheus.yaml` role) whose scrape targets come from the
-//! cluster through Prometheus's HTTP service discovery.
+//! cluster through Prometheus's HTTP service discovery, and Istio's ingress gateway
+//! (`istio-system/istio-ingressgateway`, labels `istio: ingressgateway`), whose ports
+//! 8080 and 31400 the supervisor forwards from the host.
 
 use std::time::Duration;
 
@@ -79,6 +81,64 @@ spec:
       volumes:
       - name: data
         emptyDir: {{}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: istio-ingressgateway-service-account
+  namespace: {ADDON_NAMESPACE}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-ingressgateway
+  namespace: {ADDON_NAMESPACE}
+  labels:
+    app: istio-ingressgateway
+    istio: ingressgateway
+spec:
+  ports:
+  - name: status-port
+    port: 15021
+    targetPort: 15021
+  - name: http2
+    port: 80
+    targetPort: 8080
+  - name: tcp
+    port: 31400
+    targetPort: 31400
+  selector:
+    istio: ingressgateway
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istio-ingressgateway
+  namespace: {ADDON_NAMESPACE}
+  labels:
+    app: istio-ingressgateway
+    istio: ingressgateway
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  template:
+    metadata:
+      labels:
+        app: istio-ingressgateway
+        istio: ingressgateway
+        sidecar.istio.io/inject: "true"
+    spec:
+      serviceAccountName: istio-ingressgateway-service-account
+      containers:
+      # The gateway is weir's proxy alone: the control plane gives it the servers of
+      # the Gateways whose selector matches these labels.
+      - name: istio-proxy
+        image: docker.io/istio/proxyv2
+        ports:
+        - containerPort: 8080
+        - containerPort: 31400
 "#
     )
 }
@@ -241,8 +301,11 @@ mod tests {
         let mut set = config::ResourceSet::new();
         set.apply(docs).unwrap();
         let plans = crate::workload::plans(&set);
-        assert_eq!(plans.len(), 1);
-        let (p, _) = &plans[0];
+        assert_eq!(plans.len(), 2);
+        let (gw, _) = &plans[0];
+        assert_eq!(gw.deployment, "istio-ingressgateway");
+        assert!(gw.sidecar && gw.containers.is_empty(), "{gw:?}");
+        let (p, _) = &plans[1];
         assert_eq!(p.namespace, "istio-system");
         assert!(!p.sidecar);
         assert!(

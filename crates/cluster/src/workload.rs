@@ -296,7 +296,10 @@ fn encode_safe(bytes: &[u8], len: usize) -> String {
 /// A new pod name, `<deployment>-<template hash>-<5 chars>`; `seed` (per supervisor)
 /// and `seq` make it unique.
 pub fn pod_name(plan: &PodPlan, seed: u64, seq: u64) -> String {
-    let digest = Sha256::digest(format!("{}/{}/{seed}/{seq}", plan.deployment, plan.template_hash));
+    let digest = Sha256::digest(format!(
+        "{}/{}/{seed}/{seq}",
+        plan.deployment, plan.template_hash
+    ));
     format!(
         "{}-{}-{}",
         plan.deployment,

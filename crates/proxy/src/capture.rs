@@ -298,13 +298,22 @@ pub fn render(cfg: &CaptureConfig) -> String {
     // The proxy dialling its own pod's address (an app calling its own service) goes
     // over `lo`: hand it to the inbound side, as a connection from another pod would be.
     if let Some(uid) = cfg.proxy_uid {
-        let _ = writeln!(s, "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j WEIR_IN_REDIRECT");
+        let _ = writeln!(
+            s,
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j WEIR_IN_REDIRECT"
+        );
     }
     if let Some(gid) = cfg.proxy_gid {
-        let _ = writeln!(s, "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j WEIR_IN_REDIRECT");
+        let _ = writeln!(
+            s,
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j WEIR_IN_REDIRECT"
+        );
     }
     if let Some(mark) = cfg.proxy_mark {
-        let _ = writeln!(s, "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m mark --mark {mark:#x} -j WEIR_IN_REDIRECT");
+        let _ = writeln!(
+            s,
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m mark --mark {mark:#x} -j WEIR_IN_REDIRECT"
+        );
     }
     // The proxy's own connections first, so nothing it dials is captured twice.
     if let Some(uid) = cfg.proxy_uid {

@@ -20,6 +20,8 @@ struct Cluster {
     root: PathBuf,
     _tmp: tempfile::TempDir,
     api: String,
+    http_port: u16,
+    tcp_port: u16,
 }
 
 fn free_port() -> u16 {
@@ -37,6 +39,8 @@ impl Cluster {
             root: tmp.path().to_path_buf(),
             _tmp: tmp,
             api: format!("127.0.0.1:{}", free_port()),
+            http_port: free_port(),
+            tcp_port: free_port(),
         }
     }
 
@@ -68,9 +72,9 @@ impl Cluster {
             "--api".into(),
             self.api.clone(),
             "--http-port".into(),
-            "0".into(),
+            self.http_port.to_string(),
             "--tcp-port".into(),
-            "0".into(),
+            self.tcp_port.to_string(),
             "--reporting-interval".into(),
             "2s".into(),
             "--scrape-interval".into(),
@@ -133,14 +137,21 @@ fn host_state(name: &str) -> Vec<String> {
         run(&["ss", "-ltnH"]),
     ];
     let etc: Vec<String> = std::fs::read_dir("/etc/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     state.push(format!("/etc/netns: {etc:?}"));
     let procs: Vec<String> = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
-                .filter(|c| c.contains(&format!("weirc-{name}-")) || c.contains(&format!("--cluster\0{name}")))
+                .filter(|c| {
+                    c.contains(&format!("weirc-{name}-"))
+                        || c.contains(&format!("--cluster\0{name}"))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -169,7 +180,38 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
     demo.extend(up.iter().map(String::as_str));
     let out = cluster.ok(&demo);
     assert!(out.contains("10/10 answered 200"), "{out}");
-    assert!(out.contains("istio_tcp_connections_opened_total{destination_service_name=\"mysqldb\"}"), "{out}");
+    assert!(
+        out.contains("istio_tcp_connections_opened_total{destination_service_name=\"mysqldb\"}"),
+        "{out}"
+    );
+
+    // The gateway answers on the host port; paths outside bookinfo-gateway.yaml's
+    // matches get 404.
+    let gateway = format!("http://127.0.0.1:{}", cluster.http_port);
+    let code = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{gateway}{path}"),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code("/productpage"), "200");
+    assert_eq!(code("/nope"), "404");
+    let status = cluster.ok(&["cluster", "status"]);
+    assert!(
+        status.contains(&format!(
+            "export GATEWAY_URL=127.0.0.1:{}",
+            cluster.http_port
+        )),
+        "{status}"
+    );
 
     // The seed's assertions, from Prometheus's HTTP API: ratings v2 → the database,
     // counted by both reporters with the full label set.
@@ -186,64 +228,130 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
     assert_eq!(count(&source), 1, "{source}");
     // Traffic has stopped: opened and closed agree on each reporter.
     for reporter in ["source", "destination"] {
-        let o = cluster.promql(&format!("sum(istio_tcp_connections_opened_total{{{selector},reporter=\"{reporter}\"}})"));
-        let c = cluster.promql(&format!("sum(istio_tcp_connections_closed_total{{{selector},reporter=\"{reporter}\"}})"));
+        let o = cluster.promql(&format!(
+            "sum(istio_tcp_connections_opened_total{{{selector},reporter=\"{reporter}\"}})"
+        ));
+        let c = cluster.promql(&format!(
+            "sum(istio_tcp_connections_closed_total{{{selector},reporter=\"{reporter}\"}})"
+        ));
         assert!(value(&o[0]) >= 10.0, "{reporter} opened {o}");
-        assert_eq!(value(&o[0]), value(&c[0]), "{reporter}: opened {o} closed {c}");
-        let sent = cluster.promql(&format!("sum(istio_tcp_sent_bytes_total{{{selector},reporter=\"{reporter}\"}})"));
+        assert_eq!(
+            value(&o[0]),
+            value(&c[0]),
+            "{reporter}: opened {o} closed {c}"
+        );
+        let sent = cluster.promql(&format!(
+            "sum(istio_tcp_sent_bytes_total{{{selector},reporter=\"{reporter}\"}})"
+        ));
         assert!(value(&sent[0]) > 0.0, "{reporter} sent bytes {sent}");
     }
     // Both scrape jobs' targets are up, found through HTTP service discovery.
-    eventually("8 sidecars and the control plane scraped", Duration::from_secs(30), || {
-        let up = cluster.promql(r#"up{job=~"envoy-stats|istiod"} == 1"#);
-        if count(&up) == 9 {
-            Ok(())
-        } else {
-            Err(up.to_string())
-        }
-    });
+    eventually(
+        "8 sidecars, the gateway and the control plane scraped",
+        Duration::from_secs(30),
+        || {
+            let up = cluster.promql(r#"up{job=~"envoy-stats|istiod"} == 1"#);
+            if count(&up) == 10 {
+                Ok(())
+            } else {
+                Err(up.to_string())
+            }
+        },
+    );
 
     // The stars come from the database: change a rating there and the page follows.
     let page = || {
-        cluster.ok(&["exec", "deploy/productpage-v1", "--", "curl", "-fsS", "http://productpage:9080/productpage"])
+        cluster.ok(&[
+            "exec",
+            "deploy/productpage-v1",
+            "--",
+            "curl",
+            "-fsS",
+            "http://productpage:9080/productpage",
+        ])
     };
     assert!(page().contains(r#"data-stars="5" data-color="red""#));
     cluster.ok(&[
-        "exec", "deploy/mysqldb-v1", "--", "mariadb", "--no-defaults", "-h", "127.0.0.1", "-uroot", "-ppassword", "test", "-e",
+        "exec",
+        "deploy/mysqldb-v1",
+        "--",
+        "mariadb",
+        "--no-defaults",
+        "-h",
+        "127.0.0.1",
+        "-uroot",
+        "-ppassword",
+        "test",
+        "-e",
         "UPDATE ratings SET Rating = 1 WHERE ReviewID = 1",
     ]);
-    eventually("one red star from the database", Duration::from_secs(20), || {
-        let p = page();
-        if p.contains(r#"data-stars="1" data-color="red""#) {
-            Ok(())
-        } else {
-            Err("still the old rating".to_owned())
-        }
-    });
+    eventually(
+        "one red star from the database",
+        Duration::from_secs(20),
+        || {
+            let p = page();
+            if p.contains(r#"data-stars="1" data-color="red""#) {
+                Ok(())
+            } else {
+                Err("still the old rating".to_owned())
+            }
+        },
+    );
 
     // Names resolve as in Kubernetes, through the pod's resolv.conf and the cluster DNS.
-    let hosts = cluster.ok(&["exec", "deploy/details-v1", "--", "getent", "hosts", "ratings", "ratings.default", "ratings.default.svc.cluster.local"]);
+    let hosts = cluster.ok(&[
+        "exec",
+        "deploy/details-v1",
+        "--",
+        "getent",
+        "hosts",
+        "ratings",
+        "ratings.default",
+        "ratings.default.svc.cluster.local",
+    ]);
     assert_eq!(hosts.lines().count(), 3, "{hosts}");
     assert!(hosts.lines().all(|l| l.starts_with("10.96.")), "{hosts}");
 
     // A crashed app restarts; its previous log stays readable.
     let pods = cluster.ok(&["get", "pods"]);
-    assert_eq!(pods.lines().filter(|l| l.contains("2/2") && l.contains("Running")).count(), 8, "{pods}");
+    assert_eq!(
+        pods.lines()
+            .filter(|l| l.contains("2/2") && l.contains("Running"))
+            .count(),
+        8,
+        "{pods}"
+    );
+    // The gateway reports the connections it makes, as a sidecar's outbound side.
+    let gw = cluster.promql(r#"istio_tcp_connections_opened_total{reporter="source",source_workload="istio-ingressgateway",destination_service_name="productpage"}"#);
+    assert_eq!(count(&gw), 1, "{gw}");
     let details = find_app_pid(&cluster.dir(), "details-v1");
-    let _ = Command::new("kill").args(["-9", &details.to_string()]).status();
-    eventually("details restarted and ready", Duration::from_secs(30), || {
-        let pods = cluster.ok(&["get", "pods"]);
-        let line = pods.lines().find(|l| l.starts_with("details-v1")).unwrap_or_default().to_owned();
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.get(1) == Some(&"2/2") && cols.get(3) == Some(&"1") {
-            Ok(())
-        } else {
-            Err(line)
-        }
-    });
+    let _ = Command::new("kill")
+        .args(["-9", &details.to_string()])
+        .status();
+    eventually(
+        "details restarted and ready",
+        Duration::from_secs(30),
+        || {
+            let pods = cluster.ok(&["get", "pods"]);
+            let line = pods
+                .lines()
+                .find(|l| l.starts_with("details-v1"))
+                .unwrap_or_default()
+                .to_owned();
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(1) == Some(&"2/2") && cols.get(3) == Some(&"1") {
+                Ok(())
+            } else {
+                Err(line)
+            }
+        },
+    );
     cluster.ok(&["logs", "deploy/details-v1", "--previous"]);
     let sidecar_log = cluster.ok(&["logs", "deploy/ratings-v2-mysql", "-c", "istio-proxy"]);
-    assert!(sidecar_log.contains("mysqldb.default.svc.cluster.local"), "{sidecar_log}");
+    assert!(
+        sidecar_log.contains("mysqldb.default.svc.cluster.local"),
+        "{sidecar_log}"
+    );
 
     let down = cluster.ok(&["cluster", "down"]);
     assert!(down.contains("removed"), "{down}");
@@ -258,11 +366,21 @@ fn find_app_pid(dir: &Path, deployment: &str) -> i32 {
         .flatten()
         .find(|e| e.file_name().to_string_lossy().starts_with(deployment))
         .expect("pod dir");
-    let netns = format!("weirc-{}-default.{}", dir.file_name().unwrap().to_string_lossy(), pod.file_name().to_string_lossy());
-    let inode = std::fs::metadata(format!("/run/netns/{netns}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("netns");
+    let netns = format!(
+        "weirc-{}-default.{}",
+        dir.file_name().unwrap().to_string_lossy(),
+        pod.file_name().to_string_lossy()
+    );
+    let inode = std::fs::metadata(format!("/run/netns/{netns}"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("netns");
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let same = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode).unwrap_or(false);
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode)
+            .unwrap_or(false);
         let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if same && cmd.contains("bookinfo\0details") {
             return pid;
@@ -277,7 +395,16 @@ fn mistakes_are_named_with_their_fix() {
     // A port in use names itself and the flag.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let out = cluster.weir(&["cluster", "up", "--api", &addr, "--http-port", "0", "--tcp-port", "0"]);
+    let out = cluster.weir(&[
+        "cluster",
+        "up",
+        "--api",
+        &addr,
+        "--http-port",
+        "0",
+        "--tcp-port",
+        "0",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains(&addr) && err.contains("--api"), "{err}");
@@ -289,7 +416,10 @@ fn mistakes_are_named_with_their_fix() {
     args.extend(up.iter().map(String::as_str));
     cluster.ok(&args);
     let again = cluster.weir(&args);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already up"),
+        "{again:?}"
+    );
 
     // A pod whose image has no local program says what to do; one that exits restarts.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -300,16 +430,28 @@ fn mistakes_are_named_with_their_fix() {
     )
     .expect("write");
     cluster.ok(&["apply", "-f", manifest.to_str().expect("path")]);
-    eventually("the crasher restarts with backoff", Duration::from_secs(30), || {
-        let pods = cluster.ok(&["get", "pods"]);
-        let line = pods.lines().find(|l| l.starts_with("crasher")).unwrap_or_default().to_owned();
-        let restarts: u32 = line.split_whitespace().nth(3).and_then(|r| r.parse().ok()).unwrap_or(0);
-        if restarts >= 2 && line.contains("CrashLoopBackOff") {
-            Ok(())
-        } else {
-            Err(line)
-        }
-    });
+    eventually(
+        "the crasher restarts with backoff",
+        Duration::from_secs(30),
+        || {
+            let pods = cluster.ok(&["get", "pods"]);
+            let line = pods
+                .lines()
+                .find(|l| l.starts_with("crasher"))
+                .unwrap_or_default()
+                .to_owned();
+            let restarts: u32 = line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            if restarts >= 2 && line.contains("CrashLoopBackOff") {
+                Ok(())
+            } else {
+                Err(line)
+            }
+        },
+    );
     let log = cluster.ok(&["logs", "deploy/crasher", "--previous"]);
     assert_eq!(log, "starting\n");
     let pod = std::fs::read_dir(cluster.dir().join("pods/default"))
@@ -324,8 +466,17 @@ fn mistakes_are_named_with_their_fix() {
     cluster.ok(&["delete", "-f", manifest.to_str().expect("path")]);
     eventually("pods gone", Duration::from_secs(30), || {
         let left: Vec<String> = std::fs::read_dir("/run/netns")
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("weirc-{}-default.", cluster.name))).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("weirc-{}-default.", cluster.name)))
+                    .collect()
+            })
             .unwrap_or_default();
-        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
     });
 }

@@ -64,7 +64,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("    already up: using it");
     } else {
         let weir = std::env::current_exe().context("cannot find the weir binary")?;
-        cluster::supervisor::up(&args.up.options(paths.clone()), &weir, Duration::from_secs(90))?;
+        cluster::supervisor::up(
+            &args.up.options(paths.clone()),
+            &weir,
+            Duration::from_secs(90),
+        )?;
     }
     let (info, _) = cluster::supervisor::status(&paths)?;
     println!(
@@ -72,14 +76,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         info.dns_ip
     );
     println!(
-        "    control plane API {}; add-on: prometheus (istio-system)",
+        "    control plane API {}; add-ons: prometheus, istio-ingressgateway (istio-system)",
         info.api
     );
     println!(
         "    namespace default: automatic sidecar injection on (label istio-injection=enabled)"
     );
     let client = Client::new(&info.api);
-    let result = demo(&args, &paths, &client);
+    let result = demo(&args, &paths, &info, &client);
     if args.down {
         let removed = cluster::down::down(&paths, Duration::from_secs(30))?;
         println!("cluster {:?}: {removed}", paths.name);
@@ -87,7 +91,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-fn demo(args: &DemoArgs, paths: &Paths, client: &Client) -> anyhow::Result<()> {
+fn demo(
+    args: &DemoArgs,
+    paths: &Paths,
+    info: &cluster::state::ClusterInfo,
+    client: &Client,
+) -> anyhow::Result<()> {
     step(3, "Bookinfo: samples/bookinfo/platform/kube/bookinfo.yaml");
     apply(client, "bookinfo.yaml")?;
     let bookinfo = [
@@ -129,28 +138,45 @@ fn demo(args: &DemoArgs, paths: &Paths, client: &Client) -> anyhow::Result<()> {
 
     step(
         7,
-        &format!("Traffic: {} requests to the product page", args.requests),
+        "Traffic through the ingress gateway: bookinfo-gateway.yaml, then GET /productpage",
     );
-    let productpage = pod_of(paths, "default", "productpage-v1")?;
-    let target = SocketAddr::from((productpage.ip, 9080));
+    apply(client, "bookinfo-gateway.yaml")?;
+    let gateway = wait_pod(paths, "istio-system", "istio-ingressgateway")?;
     let node = paths.node_netns();
-    // Routes take a moment to reach every sidecar: the first red-star page says they did.
+    // From the host when the gateway's HTTP port is forwarded (as users curl it), else
+    // from the node straight to the gateway pod.
+    let (netns, target, url) = if info.ingress_http_port != 0 {
+        let addr: SocketAddr = format!("{}:{}", info.ingress_host, info.ingress_http_port)
+            .parse()
+            .context("the cluster's ingress address")?;
+        (None, addr, format!("http://{addr}/productpage"))
+    } else {
+        let addr = SocketAddr::from((gateway.ip, 8080));
+        (
+            Some(node.clone()),
+            addr,
+            format!("http://{addr}/productpage (inside the cluster)"),
+        )
+    };
+    println!("    GATEWAY_URL={target}; {} × curl {url}", args.requests);
+    // Routes take a moment to reach every proxy: the first red-star page says they did.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut page = String::new();
+    let mut last = (0, String::new());
     while Instant::now() < deadline {
-        page = fetch(&node, target, "/productpage?u=normal")?.1;
-        if page.contains("data-color=\"red\"") {
+        last = get(netns.as_deref(), target, "/productpage").unwrap_or((0, String::new()));
+        if last.1.contains("data-color=\"red\"") {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     anyhow::ensure!(
-        page.contains("data-color=\"red\""),
-        "the product page never showed red stars (reviews v3 with ratings from mysqldb); see `weir logs deploy/ratings-v2-mysql` and `weir logs deploy/reviews-v3 -c istio-proxy`"
+        last.1.contains("data-color=\"red\""),
+        "the product page never showed red stars through the gateway (last answer {}); see `weir logs -n istio-system deploy/istio-ingressgateway -c istio-proxy` and `weir logs deploy/ratings-v2-mysql`",
+        last.0
     );
     let mut ok = 1;
     for _ in 1..args.requests {
-        if fetch(&node, target, "/productpage")?.0 == 200 {
+        if get(netns.as_deref(), target, "/productpage")?.0 == 200 {
             ok += 1;
         }
     }
@@ -277,6 +303,26 @@ fn wait_ready(paths: &Paths, deployments: &[&str]) -> anyhow::Result<()> {
             anyhow::bail!("pods not ready after 180s:\n{}", why.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits (up to a minute) for a ready pod of a Deployment.
+fn wait_pod(paths: &Paths, namespace: &str, deployment: &str) -> anyhow::Result<PodRecord> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match pod_of(paths, namespace, deployment) {
+            Ok(p) => return Ok(p),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// GET from the host, or from inside `netns`.
+fn get(netns: Option<&str>, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    match netns {
+        Some(n) => fetch(n, addr, path),
+        None => Ok(cluster::http_get(addr, path, Duration::from_secs(10))?),
     }
 }
 
