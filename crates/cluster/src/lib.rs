@@ -120,7 +120,10 @@ pub const SAMPLES: [(&str, &str); 9] = [
         "bookinfo-gateway.yaml",
         include_str!("../samples/bookinfo-gateway.yaml"),
     ),
-    ("tcp-echo.yaml", include_str!("../samples/tcp-echo.yaml")),
+    (
+        "tcp-echo-services.yaml",
+        include_str!("../samples/tcp-echo-services.yaml"),
+    ),
     (
         "tcp-echo-all-v1.yaml",
         include_str!("../samples/tcp-echo-all-v1.yaml"),

@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn names_look_like_kubernetes_and_change_with_the_template() {
-        let s = set(&[&fixture("tcp-echo/tcp-echo.yaml")]);
+        let s = set(&[&fixture("tcp-echo/tcp-echo-services.yaml")]);
         let plans = plans(&s);
         let (v1, _) = &plans[0];
         let name = pod_name(v1, 7, 0);

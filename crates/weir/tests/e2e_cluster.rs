@@ -353,9 +353,73 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
         "{sidecar_log}"
     );
 
+    // Istio's TCP traffic shifting through the gateway's TCP port: all to v1, then 80/20.
+    let samples = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "tcp-echo-services.yaml",
+        "tcp-echo-all-v1.yaml",
+        "tcp-echo-20-v2.yaml",
+    ] {
+        std::fs::write(
+            samples.path().join(name),
+            cluster::sample(name).expect("sample"),
+        )
+        .expect("write");
+    }
+    let file = |n: &str| samples.path().join(n).to_string_lossy().into_owned();
+    cluster.ok(&["apply", "-f", &file("tcp-echo-services.yaml")]);
+    cluster.ok(&["apply", "-f", &file("tcp-echo-all-v1.yaml")]);
+    let tcp = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.tcp_port));
+    eventually(
+        "every connection answered by v1",
+        Duration::from_secs(60),
+        || {
+            let answers: Vec<String> = (0..20).map(|i| echo(tcp, i)).collect::<Result<_, _>>()?;
+            if answers.iter().all(|a| a.starts_with("one ")) {
+                Ok(())
+            } else {
+                Err(format!("{answers:?}"))
+            }
+        },
+    );
+    cluster.ok(&["apply", "-f", &file("tcp-echo-20-v2.yaml")]);
+    eventually(
+        "a v2 answer after the shift",
+        Duration::from_secs(30),
+        || match echo(tcp, 0) {
+            Ok(a) if a.starts_with("two ") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let answers: Vec<String> = (0..200).map(|i| echo(tcp, i).expect("echo")).collect();
+    let two = answers.iter().filter(|a| a.starts_with("two ")).count();
+    let one = answers.iter().filter(|a| a.starts_with("one ")).count();
+    assert_eq!(one + two, 200, "{answers:?}");
+    // p = 0.2 over 200: mean 40, sigma ~5.7; ±22 is almost 4 sigma.
+    assert!((18..=62).contains(&two), "v2 answered {two} of 200");
+
     let down = cluster.ok(&["cluster", "down"]);
     assert!(down.contains("removed"), "{down}");
     assert_eq!(host_state(&cluster.name), before, "the host changed");
+}
+
+/// One tcp-echo exchange: a line out, the prefixed line back.
+fn echo(addr: std::net::SocketAddr, i: usize) -> Result<String, String> {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    writeln!(s, "hello {i}").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.ends_with('\n') {
+        Ok(line.trim_end().to_owned())
+    } else {
+        Err(format!("no answer line: {line:?}"))
+    }
 }
 
 /// The pid of a Deployment's app container (not the sidecar), from the pod's processes.
