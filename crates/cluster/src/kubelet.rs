@@ -12,9 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use control::ca::{CertificateAuthority, SpiffeId, DEFAULT_WORKLOAD_TTL};
 use control::mesh::{Mesh, Pod};
-use proxy::config::{
-    InboundConfig, InboundMode, OutboundConfig, OutboundTrafficPolicy, ProxyConfig, TlsConfig,
-};
+use proxy::config::{PodIdentity, ProxyConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -533,36 +531,23 @@ impl PodRun {
 
     fn sidecar_config(&self, cert_dir: PathBuf) -> ProxyConfig {
         let plan = &self.plan;
-        let mut c = ProxyConfig::minimal(&plan.namespace, &plan.deployment);
-        c.node.pod_name = Some(self.name.clone());
-        c.node.service_account = plan.service_account.clone();
-        c.node.trust_domain = self.cx.trust_domain.clone();
-        c.node.ip = Some(std::net::IpAddr::V4(self.ip));
-        c.node.labels = plan.labels.clone();
-        c.node.owner = Some(format!(
-            "kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
-            plan.namespace, plan.deployment
-        ));
-        c.tls = Some(TlsConfig {
-            cert_dir,
-            poll_interval: Duration::from_secs(5),
-        });
-        c.inbound = InboundConfig {
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 15006))),
-            mode: InboundMode::Permissive,
-            ports: Vec::new(),
+        let pod = PodIdentity {
+            pod_name: self.name.clone(),
+            namespace: plan.namespace.clone(),
+            workload: plan.deployment.clone(),
+            service_account: plan.service_account.clone(),
+            trust_domain: self.cx.trust_domain.clone(),
+            cluster_id: None,
+            ip: Some(std::net::IpAddr::V4(self.ip)),
+            labels: plan.labels.clone(),
+            owner: Some(format!(
+                "kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
+                plan.namespace, plan.deployment
+            )),
         };
-        c.outbound = OutboundConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
-            traffic_policy: OutboundTrafficPolicy::AllowAny,
-            services: Vec::new(),
-        };
+        // Everything in a local pod runs as root: the mark tells the proxy's sockets apart.
+        let mut c = ProxyConfig::sidecar(pod, cert_dir, Some(proxy::capture::DEFAULT_PROXY_MARK));
         c.reporting.interval = self.cx.reporting_interval;
-        c.limits.drain_timeout = Duration::from_secs(5);
-        c.admin.listen = SocketAddr::from(([127, 0, 0, 1], 15000));
-        c.stats.listen = SocketAddr::from(([0, 0, 0, 0], 15090));
-        c.readiness.listen = SocketAddr::from(([0, 0, 0, 0], READINESS_PORT));
-        c.capture.mark = Some(proxy::capture::DEFAULT_PROXY_MARK);
         c
     }
 

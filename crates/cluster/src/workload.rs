@@ -426,6 +426,22 @@ mod tests {
     }
 
     #[test]
+    fn pods_injected_beforehand_get_weirs_sidecar_in_place_of_theirs() {
+        let opts = crate::inject::InjectOptions::for_version("0.1.0");
+        let injected =
+            crate::inject::inject_manifests(&fixture("tcp-echo/tcp-echo-services.yaml"), &opts)
+                .unwrap();
+        // No namespace label: only the injected shape says "sidecar".
+        let plans = plans(&set(&[&injected.yaml]));
+        assert_eq!(plans.len(), 2);
+        for (p, _) in &plans {
+            assert!(p.sidecar, "{}", p.deployment);
+            let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["tcp-echo"]);
+        }
+    }
+
+    #[test]
     fn names_look_like_kubernetes_and_change_with_the_template() {
         let s = set(&[&fixture("tcp-echo/tcp-echo-services.yaml")]);
         let plans = plans(&s);

@@ -60,6 +60,29 @@ pub enum ConfigError {
     },
 }
 
+/// Who a sidecar's pod is, for [`ProxyConfig::sidecar`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Pod name.
+    pub pod_name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Workload (Deployment) name.
+    pub workload: String,
+    /// Service account.
+    pub service_account: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Cluster id (`Kubernetes` when `None`).
+    pub cluster_id: Option<String>,
+    /// Pod IP.
+    pub ip: Option<IpAddr>,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Owner, e.g. `kubernetes://apis/apps/v1/namespaces/NS/deployments/NAME`.
+    pub owner: Option<String>,
+}
+
 /// The whole configuration of one sidecar.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -741,6 +764,45 @@ impl ProxyConfig {
     /// Checks the cross-field rules the types cannot express.
     pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
         validate::validate(self, source_name)
+    }
+
+    /// The bootstrap of a sidecar in a pod laid out as Istio's: capture listeners on
+    /// 15006 (inbound, PERMISSIVE until a PeerAuthentication says otherwise) and
+    /// 127.0.0.1:15001 (outbound, ALLOW_ANY), admin on 127.0.0.1:15000, stats on :15090,
+    /// readiness on :15021, certificates in `cert_dir`, the proxy's sockets marked with
+    /// `mark` (`None` when the capture rules recognise the proxy by uid instead). The
+    /// rest comes from the control plane.
+    pub fn sidecar(pod: PodIdentity, cert_dir: PathBuf, mark: Option<u32>) -> Self {
+        let mut c = ProxyConfig::minimal(&pod.namespace, &pod.workload);
+        c.node.pod_name = Some(pod.pod_name);
+        c.node.service_account = pod.service_account;
+        c.node.trust_domain = pod.trust_domain;
+        if let Some(cluster) = pod.cluster_id {
+            c.node.cluster_id = cluster;
+        }
+        c.node.ip = pod.ip;
+        c.node.labels = pod.labels;
+        c.node.owner = pod.owner;
+        c.tls = Some(TlsConfig {
+            cert_dir,
+            poll_interval: Duration::from_secs(5),
+        });
+        c.inbound = InboundConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 15006))),
+            mode: InboundMode::Permissive,
+            ports: Vec::new(),
+        };
+        c.outbound = OutboundConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
+            traffic_policy: OutboundTrafficPolicy::AllowAny,
+            services: Vec::new(),
+        };
+        c.limits.drain_timeout = Duration::from_secs(5);
+        c.admin.listen = SocketAddr::from(([127, 0, 0, 1], 15000));
+        c.stats.listen = SocketAddr::from(([0, 0, 0, 0], 15090));
+        c.readiness.listen = SocketAddr::from(([0, 0, 0, 0], 15021));
+        c.capture.mark = mark;
+        c
     }
 
     /// Constructs a minimal configuration for `namespace`/`workload` with nothing

@@ -8,3 +8,4 @@ pub mod demo;
 pub mod get;
 pub mod init;
 pub mod proxy;
+pub mod sidecar;

@@ -64,6 +64,9 @@ enum ProxyCommand {
     Init(super::init::InitArgs),
     /// Forward TCP from one address to another with full istio_tcp_* telemetry.
     Forward(Box<ForwardArgs>),
+    /// Run as the injected sidecar of a Kubernetes pod (`weir inject`): the bootstrap
+    /// comes from the pod's environment, configuration from the control plane.
+    Sidecar(Box<super::sidecar::SidecarArgs>),
 }
 
 /// Flags of `weir proxy forward`.
@@ -168,6 +171,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             let setter = init_logging(&args.log)?;
             serve(config, setter)
         }
+        Some(ProxyCommand::Sidecar(sidecar)) => {
+            let (config, control) = sidecar.bootstrap(&super::sidecar::process_env)?;
+            let setter = init_logging(&args.log)?;
+            tracing::info!(config = %serde_json_compact(&config), control_plane = %control.addr, "sidecar bootstrap from the pod's environment");
+            serve_with(config, setter, Some(control))
+        }
         None => {
             let path = args.config.context(
                 "no configuration: run `weir proxy --config FILE` (see docs/proxy-config.md), \
@@ -243,10 +252,15 @@ fn init_logging(args: &LogArgs) -> anyhow::Result<LogLevelSetter> {
 pub const DEFAULT_CONTROL_PLANE_NAME: &str = control::server::CONTROL_PLANE_NAME;
 
 /// Where live configuration comes from.
-struct ControlPlane {
-    addr: SocketAddr,
-    name: String,
-    cert_dir: PathBuf,
+/// The control plane a proxy follows.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    /// The DNS name its certificate carries.
+    pub name: String,
+    /// The workload certificates that authenticate the proxy to it.
+    pub cert_dir: PathBuf,
 }
 
 /// Hands each configuration the control plane sends to the running proxy.
