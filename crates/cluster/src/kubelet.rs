@@ -471,6 +471,8 @@ impl PodRun {
             ("HOME".to_owned(), dir.display().to_string()),
             ("HOSTNAME".to_owned(), self.name.clone()),
         ];
+        // After the capture rules (below), so a sidecar's captured traffic never meets it.
+        let install_services = |netns_name: &str| crate::services::install(netns_name);
         let sidecar = if plan.sidecar {
             let capture = proxy::capture::CaptureConfig::default();
             proxy::capture::apply_in(&proxy::capture::Target::netns(netns_name), &capture)
@@ -518,6 +520,7 @@ impl PodRun {
         } else {
             None
         };
+        install_services(netns_name)?;
         let apps = plan
             .containers
             .iter()

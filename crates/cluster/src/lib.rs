@@ -15,6 +15,7 @@ pub mod inject;
 pub mod kubelet;
 pub mod netns;
 pub mod process;
+pub mod services;
 pub mod state;
 pub mod supervisor;
 pub mod workload;

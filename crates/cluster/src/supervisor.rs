@@ -316,7 +316,8 @@ fn serve(options: &Options, info: &mut ClusterInfo) -> Result<(), ClusterError> 
         drop(dns_tcp);
         let dns = Arc::new(dns);
         let mesh = plane.mesh.clone();
-        let dns_task = tokio::spawn(keep_dns(dns.clone(), mesh, stop.clone()));
+        let dns_task = tokio::spawn(keep_dns(dns.clone(), mesh.clone(), stop.clone()));
+        let services_task = tokio::spawn(keep_services(mesh, table.clone(), stop.clone()));
 
         let mut changes = control::api::lock(&plane.store).subscribe();
         let kubelet_task = {
@@ -376,6 +377,7 @@ fn serve(options: &Options, info: &mut ClusterInfo) -> Result<(), ClusterError> 
             let _ = f.await;
         }
         let _ = dns_task.await;
+        let _ = services_task.await;
         if let Ok(dns) = Arc::try_unwrap(dns) {
             dns.shutdown().await;
         }
@@ -435,6 +437,55 @@ async fn keep_dns(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Keeps every running pod's service translations ([`crate::services`]) equal to the
+/// mesh's services and their ready endpoints.
+async fn keep_services(mesh: Arc<control::mesh::Mesh>, table: PodTable, stop: CancellationToken) {
+    let mut applied: BTreeMap<String, Arc<String>> = BTreeMap::new();
+    let mut last: Option<(Arc<xds::ServiceMap>, Arc<String>)> = None;
+    loop {
+        let services = mesh.services();
+        let script = match &last {
+            Some((map, script)) if Arc::ptr_eq(map, &services) => script.clone(),
+            _ => {
+                let script = Arc::new(crate::services::render(&services));
+                last = Some((services, script.clone()));
+                script
+            }
+        };
+        let pods: Vec<String> = table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.phase != "Terminating" && !p.containers.is_empty())
+            .map(|p| p.netns.clone())
+            .collect();
+        applied.retain(|n, _| pods.contains(n));
+        for netns in pods {
+            if applied
+                .get(&netns)
+                .is_some_and(|s| Arc::ptr_eq(s, &script) || **s == *script)
+            {
+                continue;
+            }
+            let text = script.clone();
+            let name = netns.clone();
+            let done =
+                tokio::task::spawn_blocking(move || crate::services::restore(&name, &text)).await;
+            match done {
+                Ok(Ok(())) => {
+                    applied.insert(netns, script.clone());
+                }
+                Ok(Err(e)) => tracing::debug!("service rules not updated yet: {e}"),
+                Err(e) => tracing::warn!("service rules task failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

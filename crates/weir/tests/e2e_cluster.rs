@@ -312,6 +312,48 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
     assert_eq!(hosts.lines().count(), 3, "{hosts}");
     assert!(hosts.lines().all(|l| l.starts_with("10.96.")), "{hosts}");
 
+    // The dashboard forwards a host port to Prometheus.
+    let port = free_port();
+    let mut dashboard = Command::new(WEIR)
+        .args([
+            "dashboard",
+            "prometheus",
+            "--port",
+            &port.to_string(),
+            "--browser=false",
+        ])
+        .env("WEIR_CLUSTER", &cluster.name)
+        .env("WEIR_CLUSTER_ROOT", &cluster.root)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("weir dashboard");
+    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let answer = eventually(
+        "Prometheus through the dashboard",
+        Duration::from_secs(20),
+        || support::http::get(ready, "/-/ready"),
+    );
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+    assert_eq!(answer.0, 200, "{answer:?}");
+
+    // A pod without a sidecar reaches a Service by its virtual IP too (kube-proxy's DNAT).
+    let plain = cluster.ok(&[
+        "exec",
+        "-n",
+        "istio-system",
+        "deploy/prometheus",
+        "--",
+        "curl",
+        "-fsS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://productpage.default:9080/productpage",
+    ]);
+    assert_eq!(plain, "200");
+
     // A crashed app restarts; its previous log stays readable.
     let pods = cluster.ok(&["get", "pods"]);
     assert_eq!(
@@ -525,6 +567,26 @@ fn mistakes_are_named_with_their_fix() {
         .expect("nginx pod");
     let record = std::fs::read_to_string(pod.path().join("pod.json")).expect("pod.json");
     assert!(record.contains("command.weir-mesh.io/nginx"), "{record}");
+
+    // Without root, the cluster says what to do.
+    let as_nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            WEIR,
+            "cluster",
+            "up",
+        ])
+        .env("WEIR_CLUSTER", &cluster.name)
+        .env("WEIR_CLUSTER_ROOT", &cluster.root)
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(
+        !as_nobody.status.success() && err.contains("needs root") && err.contains("sudo"),
+        "{err}"
+    );
 
     // Deleting a Deployment removes its pod and namespace.
     cluster.ok(&["delete", "-f", manifest.to_str().expect("path")]);
