@@ -158,12 +158,17 @@ impl ProcessId {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: the start time. The command name (field 2) may hold
+/// Field 22 of `/proc/PID/stat`: the start time; `None` for a zombie (it has exited;
+/// only its parent has not collected it yet). The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted after its closing parenthesis.
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// A pod as the supervisor last recorded it (`pods/<ns>/<pod>/pod.json`).
@@ -301,6 +306,18 @@ mod tests {
             ..me
         };
         assert!(!other.alive());
+    }
+
+    #[test]
+    fn an_exited_child_not_yet_collected_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while ProcessId::of(pid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(ProcessId::of(pid), None, "a zombie counts as gone");
+        child.wait().unwrap();
     }
 
     #[test]

@@ -144,6 +144,19 @@ fn host_state(name: &str) -> Vec<String> {
         })
         .unwrap_or_default();
     state.push(format!("/etc/netns: {etc:?}"));
+    // Mount points (mount ids change; where and what is mounted is what matters).
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    state.push(format!("mounts: {mounts:?}"));
     let procs: Vec<String> = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
