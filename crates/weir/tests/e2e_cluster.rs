@@ -581,6 +581,39 @@ fn mistakes_are_named_with_their_fix() {
     let record = std::fs::read_to_string(pod.path().join("pod.json")).expect("pod.json");
     assert!(record.contains("command.weir-mesh.io/nginx"), "{record}");
 
+    // Manifests injected beforehand (`weir inject`, as for a real cluster) run too: the
+    // injected istio-proxy is replaced by the cluster's sidecar.
+    let source = dir.path().join("tcp-echo-services.yaml");
+    std::fs::write(
+        &source,
+        cluster::sample("tcp-echo-services.yaml").expect("sample"),
+    )
+    .expect("write");
+    let injected = cluster.ok(&["inject", "-f", source.to_str().expect("path")]);
+    assert!(
+        injected.contains("name: istio-proxy") && injected.contains("sidecar.istio.io/status"),
+        "{injected}"
+    );
+    let injected_file = dir.path().join("injected.yaml");
+    std::fs::write(&injected_file, &injected).expect("write");
+    cluster.ok(&["apply", "-f", injected_file.to_str().expect("path")]);
+    eventually(
+        "injected tcp-echo pods ready with their sidecar",
+        Duration::from_secs(60),
+        || {
+            let pods = cluster.ok(&["get", "pods"]);
+            let ready = pods
+                .lines()
+                .filter(|l| l.starts_with("tcp-echo-v") && l.contains(" 2/2 "))
+                .count();
+            if ready == 2 {
+                Ok(())
+            } else {
+                Err(pods)
+            }
+        },
+    );
+
     // Without root, the cluster says what to do.
     let as_nobody = Command::new("setpriv")
         .args([
@@ -608,7 +641,11 @@ fn mistakes_are_named_with_their_fix() {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("weirc-{}-default.", cluster.name)))
+                    .filter(|n| {
+                        ["nginx", "crasher"]
+                            .iter()
+                            .any(|d| n.starts_with(&format!("weirc-{}-default.{d}-", cluster.name)))
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -126,8 +126,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr (the supervisor's log file).
-fn init_logging() {
+/// Logs to stderr (`WEIR_LOG` filter; default info).
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     let _ = tracing_subscriber::fmt()

@@ -106,6 +106,8 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Source and push problems (a missing CRD, RBAC, a NACK) are only visible in the log.
+    super::cluster::init_logging();
     let mut options = control::server::Options::new(&args.state_dir);
     options.cacerts = args.cacerts.clone();
     options.trust_domain = args.trust_domain.clone();
