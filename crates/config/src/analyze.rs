@@ -57,6 +57,10 @@ pub fn analyze(set: &ResourceSet) -> Vec<Diagnostic> {
         let ns = doc.resource.namespace();
         match &doc.resource.spec {
             Spec::VirtualService(vs) => {
+                // Sidecars route at L4; gateways match the first request's path (the mesh
+                // reports what they cannot match), so match notes are for sidecars only.
+                let for_sidecars =
+                    vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
                 for (i, r) in vs.http.iter().enumerate() {
                     check_routes(set, doc, &format!("spec.http[{i}]"), &r.route, &mut out);
                     for key in r
@@ -65,6 +69,9 @@ pub fn analyze(set: &ResourceSet) -> Vec<Diagnostic> {
                         .filter(|k| HTTP_ONLY_ROUTE_FIELDS.contains(&k.as_str()))
                     {
                         out.push(info(doc, &format!("spec.http[{i}].{key}"), format!("`{key}` is accepted but not enforced: weir routes whole TCP connections (L4)")));
+                    }
+                    if !for_sidecars {
+                        continue;
                     }
                     for (j, m) in r.matches.iter().enumerate() {
                         let mut http_only: Vec<&str> = Vec::new();
@@ -384,6 +391,28 @@ fn info(doc: &Document, path: &str, message: String) -> Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_matches_are_noted_for_sidecars_but_not_for_gateways() {
+        let vs = |gateways: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: web\nspec:\n  hosts: [\"*\"]\n{gateways}  http:\n  - match:\n    - uri:\n        prefix: /static\n    route:\n    - destination:\n        host: web\n"
+            )
+        };
+        let notes = |text: &str| {
+            let mut set = ResourceSet::new();
+            let base = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n    name: http\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: web-gateway\nspec:\n  selector:\n    istio: ingressgateway\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n";
+            set.apply(crate::parse_str(&format!("{base}{text}"), "vs.yaml").unwrap())
+                .unwrap();
+            analyze(&set)
+                .iter()
+                .filter(|d| d.to_string().contains("HTTP match on `uri`"))
+                .count()
+        };
+        assert_eq!(notes(&vs("")), 1);
+        assert_eq!(notes(&vs("  gateways: [mesh, web-gateway]\n")), 1);
+        assert_eq!(notes(&vs("  gateways: [web-gateway]\n")), 0);
+    }
 
     #[test]
     fn hosts_resolve_like_istio() {
