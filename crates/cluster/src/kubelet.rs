@@ -25,6 +25,8 @@ use crate::ClusterError;
 
 /// The sidecar's readiness port (Istio's).
 const READINESS_PORT: u16 = 15021;
+/// Most pods per Deployment: each is a namespace and a few processes on one machine.
+pub const MAX_REPLICAS: u32 = 64;
 /// How long a container gets to stop after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -111,6 +113,12 @@ impl Kubelet {
                 .filter(|(_, r)| r.plan == plan)
                 .map(|(k, _)| k.clone())
                 .collect();
+            let replicas = if replicas > MAX_REPLICAS {
+                tracing::error!(deployment = %plan.deployment, replicas, "more replicas than the local cluster runs per Deployment; running {MAX_REPLICAS} (lower spec.replicas)");
+                MAX_REPLICAS
+            } else {
+                replicas
+            };
             have.truncate(replicas as usize);
             let missing = (replicas as usize).saturating_sub(have.len());
             keep.extend(have);
@@ -120,7 +128,8 @@ impl Kubelet {
                         keep.insert(key);
                     }
                     Err(e) => {
-                        tracing::error!(deployment = %plan.deployment, "cannot start a pod: {e}")
+                        tracing::error!(deployment = %plan.deployment, "cannot start a pod: {e}");
+                        break;
                     }
                 }
             }
@@ -230,8 +239,10 @@ struct Recorder {
 
 impl Recorder {
     fn update(&self, f: impl FnOnce(&mut PodRecord)) {
+        // The record's lock is held until the file, the mesh and the table are updated,
+        // so concurrent updates (sidecar, apps, termination) land in order.
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
         let (snapshot, readiness_changed) = {
-            let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
             let was_ready = r.ready;
             f(&mut r);
             r.ready = !r.containers.is_empty() && r.containers.iter().all(|c| c.ready);
@@ -267,6 +278,7 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, snapshot);
+        drop(r);
     }
 
     fn container(&self, index: usize, f: impl FnOnce(&mut ContainerRecord)) {
@@ -311,6 +323,8 @@ impl PodRun {
             tokio::task::spawn_blocking(move || this.prepare(&dir, &netns_name)).await
         };
         let launches = match prepared {
+            // Deleted while it was being set up: start nothing.
+            Ok(Ok(_)) if stop.is_cancelled() => None,
             Ok(Ok(l)) => Some(l),
             Ok(Err(e)) => {
                 recorder.update(|r| {
@@ -713,6 +727,9 @@ async fn keep_running(
 ) {
     let mut backoff = Backoff::default();
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         let started = Instant::now();
         let mut child = match process::spawn(&launch) {
             Ok(c) => c,
@@ -736,11 +753,15 @@ async fn keep_running(
                 }
                 status = child.wait() => break status,
                 _ = tokio::time::sleep(Duration::from_millis(if ready { 5000 } else { 200 })) => {
-                    if !ready && probe.ready().await {
-                        ready = true;
-                        recorder.container(index, |c| c.ready = true);
+                    // Probed for the container's whole life, as Kubernetes' readiness probe:
+                    // a container that stops answering stops receiving traffic.
+                    let now = probe.ready().await;
+                    if now != ready {
+                        ready = now;
+                        recorder.container(index, |c| c.ready = now);
                     }
-                    process::trim_log(&launch.log);
+                    let log = launch.log.clone();
+                    let _ = tokio::task::spawn_blocking(move || process::trim_log(&log)).await;
                 }
             }
         };
@@ -755,6 +776,8 @@ async fn keep_running(
             Ok(s) => process::describe_exit(s),
             Err(e) => format!("cannot wait for it: {e}"),
         };
+        // The ended instance's log is the "previous" one (`weir logs -p`) from now on.
+        process::rotate_log(&launch.log);
         let delay = backoff.next(started.elapsed());
         tracing::warn!(container = %launch.log.display(), %exit, ?delay, "container exited; restarting");
         recorder.container(index, |c| {

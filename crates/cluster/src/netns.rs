@@ -20,26 +20,82 @@ pub fn ip(args: &[&str]) -> Result<(), ClusterError> {
     run("ip", args)
 }
 
-/// Runs a program to completion; the error names the command and its stderr.
-pub fn run(program: &str, args: &[&str]) -> Result<(), ClusterError> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ClusterError::Missing(program.to_owned())
+/// How long one `ip` or `iptables` command may take before it is killed.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs a program to completion (at most [`COMMAND_TIMEOUT`]), feeding it `stdin`; the
+/// error names the command and its stderr.
+pub fn run_with_input(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(), ClusterError> {
+    use std::io::{Read as _, Write as _};
+    use std::process::Stdio;
+    let command = || format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
         } else {
-            ClusterError::Command {
-                command: format!("{program} {}", args.join(" ")),
-                message: e.to_string(),
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ClusterError::Missing(program.to_owned())
+            } else {
+                ClusterError::Command {
+                    command: command(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ClusterError::Command {
+                    command: command(),
+                    message: format!("did not finish within {}s", COMMAND_TIMEOUT.as_secs()),
+                });
+            }
+            Err(e) => {
+                return Err(ClusterError::Command {
+                    command: command(),
+                    message: e.to_string(),
+                })
             }
         }
-    })?;
-    if out.status.success() {
+    };
+    let mut stderr = String::new();
+    if let Some(pipe) = child.stderr.take() {
+        let _ = pipe.take(64 * 1024).read_to_string(&mut stderr);
+    }
+    if status.success() {
         Ok(())
     } else {
         Err(ClusterError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            command: command(),
+            message: stderr.trim().to_owned(),
         })
     }
+}
+
+/// Runs a program to completion; the error names the command and its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<(), ClusterError> {
+    run_with_input(program, args, None)
 }
 
 /// Network namespaces whose names start with `prefix`.

@@ -40,11 +40,6 @@ pub fn spawn(launch: &Launch) -> Result<Child, ClusterError> {
             "a container with an empty command".into(),
         ));
     };
-    if launch.log.exists() {
-        let previous = launch.log.with_extension("log.1");
-        std::fs::rename(&launch.log, &previous)
-            .map_err(|e| ClusterError::io(&launch.log, "rotate", e))?;
-    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -90,18 +85,43 @@ pub async fn stop(child: &mut Child, grace: Duration) {
     let _ = killpg(group, Signal::SIGKILL);
 }
 
-/// Keeps a log at most [`MAX_LOG_BYTES`] by dropping its older half.
+/// Makes `<log>` the previous instance's log, `<log>.1` (`weir logs --previous`).
+pub fn rotate_log(log: &Path) {
+    if log.exists() {
+        let _ = std::fs::rename(log, log.with_extension("log.1"));
+    }
+}
+
+/// Keeps a log at most [`MAX_LOG_BYTES`]: beyond it only the newest half is kept (from
+/// a line start), read from the end of the file so memory stays bounded.
 pub fn trim_log(path: &Path) {
+    use std::io::{Read as _, Seek as _, SeekFrom};
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     if meta.len() <= MAX_LOG_BYTES {
         return;
     }
-    if let Ok(bytes) = std::fs::read(path) {
-        let keep = &bytes[bytes.len() / 2..];
-        let start = keep.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let _ = std::fs::write(path, &keep[start..]);
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return;
+    };
+    let keep = MAX_LOG_BYTES / 2;
+    if file.seek(SeekFrom::End(-(keep as i64))).is_err() {
+        return;
+    }
+    let mut tail = Vec::with_capacity(keep as usize);
+    if file.take(keep).read_to_end(&mut tail).is_err() {
+        return;
+    }
+    let start = tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // The program keeps appending through its own descriptor (O_APPEND), so truncating
+    // and rewriting in place keeps its output in this file.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+    {
+        let _ = std::io::Write::write_all(&mut f, &tail[start..]);
     }
 }
 
@@ -174,7 +194,7 @@ mod tests {
         std::fs::write(&path, line.repeat(lines)).unwrap();
         trim_log(&path);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() as u64 <= MAX_LOG_BYTES / 2 + 1000);
+        assert!(text.len() as u64 <= MAX_LOG_BYTES / 2);
         assert!(text.starts_with('x') && text.ends_with('\n'));
     }
 }

@@ -5,8 +5,6 @@
 //! that DNATs `VIP:port` to an endpoint chosen at random, as kube-proxy's iptables mode.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use crate::ClusterError;
 
@@ -18,7 +16,12 @@ pub const CHAIN: &str = "WEIR_SERVICES";
 pub fn render(services: &xds::ServiceMap) -> String {
     let mut s = format!("*nat\n:{CHAIN} - [0:0]\n");
     for svc in services.values() {
-        for vip in svc.addresses.iter().filter(|a| a.is_ipv4()) {
+        // A headless Service's addresses are its pods' own: nothing to translate.
+        let vips = svc.addresses.iter().filter(|a| match a {
+            std::net::IpAddr::V4(v4) => !is_pod_ip(*v4),
+            std::net::IpAddr::V6(_) => false,
+        });
+        for vip in vips {
             for port in &svc.ports {
                 let endpoints: Vec<std::net::SocketAddr> = port
                     .endpoints
@@ -50,6 +53,12 @@ pub fn render(services: &xds::ServiceMap) -> String {
     s
 }
 
+fn is_pod_ip(ip: std::net::Ipv4Addr) -> bool {
+    let node = u32::from(crate::netns::NODE_IP);
+    let mask = u32::MAX << (32 - u32::from(crate::netns::POD_PREFIX));
+    u32::from(ip) & mask == node & mask
+}
+
 /// Creates the chain and the `OUTPUT` jump in pod namespace `netns` (once, after the
 /// capture rules).
 pub fn install(netns: &str) -> Result<(), ClusterError> {
@@ -61,39 +70,11 @@ pub fn install(netns: &str) -> Result<(), ClusterError> {
 
 /// Replaces the chain's rules in pod namespace `netns`.
 pub fn restore(netns: &str, script: &str) -> Result<(), ClusterError> {
-    let command = format!("ip netns exec {netns} iptables-restore --noflush");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ClusterError::Command {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| ClusterError::Command {
-                command: command.clone(),
-                message: e.to_string(),
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| ClusterError::Command {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ClusterError::Command {
-            command,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+    crate::netns::run_with_input(
+        "ip",
+        &["netns", "exec", netns, "iptables-restore", "--noflush"],
+        Some(script),
+    )
 }
 
 #[cfg(test)]
@@ -104,6 +85,19 @@ mod tests {
 
     fn endpoint(addr: &str) -> Endpoint {
         serde_json::from_value(serde_json::json!({ "address": addr })).unwrap()
+    }
+
+    #[test]
+    fn headless_services_are_not_translated() {
+        let svc: OutboundService = serde_json::from_value(serde_json::json!({
+            "name": "db", "namespace": "default",
+            "addresses": ["10.244.0.5", "10.244.0.6"],
+            "ports": [{"port": 5432, "endpoints": [{"address": "10.244.0.5:5432"}, {"address": "10.244.0.6:5432"}]}],
+        }))
+        .unwrap();
+        let map: xds::ServiceMap =
+            [("db.default.svc.cluster.local".to_owned(), Arc::new(svc))].into();
+        assert_eq!(render(&map), "*nat\n:WEIR_SERVICES - [0:0]\nCOMMIT\n");
     }
 
     #[test]

@@ -48,9 +48,10 @@ impl Paths {
         })
     }
 
-    /// Prefix of this cluster's network namespaces.
+    /// Prefix of this cluster's network namespaces. It ends with `.`, which cluster
+    /// names cannot hold, so cluster `local` never claims `local-2`'s namespaces.
     pub fn netns_prefix(&self) -> String {
-        format!("{NETNS_PREFIX}{}-", self.name)
+        format!("{NETNS_PREFIX}{}.", self.name)
     }
     /// The node's network namespace (bridge, DNS, control plane).
     pub fn node_netns(&self) -> String {
@@ -269,7 +270,8 @@ pub fn pods(paths: &Paths) -> Result<Vec<PodRecord>, ClusterError> {
             continue;
         };
         for pod in pods.flatten() {
-            if let Some(record) = read_json::<PodRecord>(&pod.path().join("pod.json"))? {
+            // A record being replaced or damaged hides one pod, not the whole list.
+            if let Ok(Some(record)) = read_json::<PodRecord>(&pod.path().join("pod.json")) {
                 out.push(record);
             }
         }
@@ -286,10 +288,12 @@ mod tests {
     fn names_are_checked_and_netns_carry_the_prefix() {
         let p = Paths::new("local", Some(Path::new("/tmp/x"))).unwrap();
         assert_eq!(p.dir, PathBuf::from("/tmp/x/local"));
-        assert_eq!(p.node_netns(), "weirc-local-node");
+        assert_eq!(p.node_netns(), "weirc-local.node");
+        let other = Paths::new("local-2", None).unwrap();
+        assert!(!other.node_netns().starts_with(&p.netns_prefix()));
         assert_eq!(
             p.pod_netns("default", "ratings-v1-abc"),
-            "weirc-local-default.ratings-v1-abc"
+            "weirc-local.default.ratings-v1-abc"
         );
         for bad in ["", "Local", "a/b", "-x", "toolongtoolongtoolong"] {
             let err = Paths::new(bad, None).unwrap_err().to_string();

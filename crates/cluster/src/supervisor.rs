@@ -39,6 +39,8 @@ pub struct Options {
     pub reporting_interval: Duration,
     /// Prometheus's scrape interval.
     pub scrape_interval: Duration,
+    /// A plug-in CA (Istio's cacerts layout) instead of a generated root.
+    pub cacerts: Option<PathBuf>,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
             tcp_port: 31400,
             reporting_interval: Duration::from_secs(15),
             scrape_interval: Duration::from_secs(5),
+            cacerts: None,
         }
     }
 
@@ -63,7 +66,7 @@ impl Options {
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        vec![
+        let mut args: Vec<String> = vec![
             "--cluster".into(),
             self.paths.name.clone(),
             "--state-root".into(),
@@ -80,7 +83,11 @@ impl Options {
             format!("{}ms", self.reporting_interval.as_millis()),
             "--scrape-interval".into(),
             format!("{}ms", self.scrape_interval.as_millis()),
-        ]
+        ];
+        if let Some(dir) = &self.cacerts {
+            args.extend(["--cacerts".into(), dir.display().to_string()]);
+        }
+        args
     }
 }
 
@@ -163,7 +170,7 @@ pub fn up(
         }
         if Instant::now() > deadline {
             return Err(ClusterError::Invalid(format!(
-                "the cluster did not become ready within {}s; see {}",
+                "the cluster did not become ready within {}s; see {} and remove what started with `weir cluster down`",
                 wait.as_secs(),
                 paths.supervisor_log().display()
             )));
@@ -218,6 +225,8 @@ pub fn run(options: Options) -> Result<(), ClusterError> {
     if let Err(e) = &result {
         info.phase = Phase::Failed(e.to_string());
         write_info(&paths, &info);
+        // What a failed start made goes at once (pods were never started).
+        let _ = netns::delete(&paths.node_netns());
     }
     result
 }
@@ -277,6 +286,7 @@ fn serve(options: &Options, info: &mut ClusterInfo) -> Result<(), ClusterError> 
 
     let mut control_options = control::server::Options::new(paths.control_dir());
     control_options.extra_names = vec!["istiod.istio-system.svc.cluster.local".into()];
+    control_options.cacerts = options.cacerts.clone();
     let plane = control::server::ControlPlane::open(control_options)?;
     let first_start = plane.opened().1 == 0;
     if first_start {

@@ -148,6 +148,14 @@ pub fn injects(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
 ) -> bool {
+    let ns_labels = resources
+        .get(Kind::Namespace, "", namespace)
+        .map(|ns| ns.resource.metadata.labels.0.clone())
+        .unwrap_or_default();
+    // Either side saying "disabled"/"false" wins, as Istio's webhook selectors.
+    if ns_labels.get(INJECTION_LABEL).map(String::as_str) == Some("disabled") {
+        return false;
+    }
     if let Some(v) = labels
         .get(INJECT_OVERRIDE)
         .or(annotations.get(INJECT_OVERRIDE))
@@ -159,10 +167,6 @@ pub fn injects(
             return true;
         }
     }
-    let Some(ns) = resources.get(Kind::Namespace, "", namespace) else {
-        return false;
-    };
-    let ns_labels = &ns.resource.metadata.labels.0;
     match ns_labels.get(INJECTION_LABEL).map(String::as_str) {
         Some("enabled") => true,
         Some(_) => false,
@@ -419,6 +423,11 @@ mod tests {
         assert!(!plans(&set(&[DEFAULT_NS, &opt_out]))[0].0.sidecar);
         assert!(!plans(&set(&[&plain]))[0].0.sidecar, "no namespace label");
         assert!(plans(&set(&[&opt_in]))[0].0.sidecar);
+        let disabled = DEFAULT_NS.replace("enabled", "disabled");
+        assert!(
+            !plans(&set(&[&disabled, &opt_in]))[0].0.sidecar,
+            "the namespace's disabled wins"
+        );
         let Program::Unavailable(why) = &plans(&set(&[&plain]))[0].0.containers[0].program else {
             panic!()
         };

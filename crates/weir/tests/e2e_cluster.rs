@@ -32,10 +32,11 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    /// `tag` keeps the names of tests run in parallel by `cargo test` apart.
+    fn new(tag: &str) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         Cluster {
-            name: format!("t{}", std::process::id()),
+            name: format!("t{}{tag}", std::process::id()),
             root: tmp.path().to_path_buf(),
             _tmp: tmp,
             api: format!("127.0.0.1:{}", free_port()),
@@ -118,15 +119,33 @@ impl Drop for Cluster {
     }
 }
 
-/// What a cluster could leave behind on the host.
-fn host_state(name: &str) -> Vec<String> {
+/// What a cluster could leave behind on the host. Only what a cluster can make is kept
+/// (other tests run beside this one and make namespaces and listeners of their own).
+fn host_state(c: &Cluster) -> Vec<String> {
     let run = |cmd: &[&str]| {
         let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let prefix = format!("weirc-{}.", c.name);
+    let ours = |text: String| -> String {
+        text.lines()
+            .filter(|l| l.contains(&prefix))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ports = [
+        c.api.rsplit(':').next().unwrap_or_default().to_owned(),
+        c.http_port.to_string(),
+        c.tcp_port.to_string(),
+    ];
     let mut state = vec![
-        run(&["ip", "netns", "list"]),
-        run(&["ip", "-o", "link", "show"]),
+        ours(run(&["ip", "netns", "list"])),
+        // The cluster's links live in its namespaces; none may appear on the host.
+        run(&["ip", "-o", "link", "show"])
+            .lines()
+            .filter(|l| l.contains(": vp") || l.contains("br0"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         run(&["ip", "route", "show", "table", "all"]),
         // Counters change with unrelated traffic; the rules are what matter.
         run(&["iptables-save"])
@@ -134,12 +153,17 @@ fn host_state(name: &str) -> Vec<String> {
             .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
             .collect::<Vec<_>>()
             .join("\n"),
-        run(&["ss", "-ltnH"]),
+        run(&["ss", "-ltnH"])
+            .lines()
+            .filter(|l| ports.iter().any(|p| l.contains(&format!(":{p} "))))
+            .collect::<Vec<_>>()
+            .join("\n"),
     ];
     let etc: Vec<String> = std::fs::read_dir("/etc/netns")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
                 .collect()
         })
         .unwrap_or_default();
@@ -155,14 +179,16 @@ fn host_state(name: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(" ")
         })
+        .filter(|m| m.contains(&prefix) || m.ends_with(" /run/netns"))
         .collect();
     state.push(format!("mounts: {mounts:?}"));
+    let name = &c.name;
     let procs: Vec<String> = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
                 .filter(|c| {
-                    c.contains(&format!("weirc-{name}-"))
+                    c.contains(&format!("weirc-{name}."))
                         || c.contains(&format!("--cluster\0{name}"))
                 })
                 .collect()
@@ -185,8 +211,8 @@ fn value(row: &serde_json::Value) -> f64 {
 
 #[test]
 fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
-    let cluster = Cluster::new();
-    let before = host_state(&cluster.name);
+    let cluster = Cluster::new("s");
+    let before = host_state(&cluster);
 
     let mut demo = vec!["demo", "--requests", "10"];
     let up = cluster.up_args();
@@ -455,7 +481,7 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
 
     let down = cluster.ok(&["cluster", "down"]);
     assert!(down.contains("removed"), "{down}");
-    assert_eq!(host_state(&cluster.name), before, "the host changed");
+    assert_eq!(host_state(&cluster), before, "the host changed");
 }
 
 /// One tcp-echo exchange: a line out, the prefixed line back.
@@ -486,7 +512,7 @@ fn find_app_pid(dir: &Path, deployment: &str) -> i32 {
         .find(|e| e.file_name().to_string_lossy().starts_with(deployment))
         .expect("pod dir");
     let netns = format!(
-        "weirc-{}-default.{}",
+        "weirc-{}.default.{}",
         dir.file_name().unwrap().to_string_lossy(),
         pod.file_name().to_string_lossy()
     );
@@ -510,7 +536,7 @@ fn find_app_pid(dir: &Path, deployment: &str) -> i32 {
 
 #[test]
 fn mistakes_are_named_with_their_fix() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new("m");
     // A port in use names itself and the flag.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
@@ -644,7 +670,7 @@ fn mistakes_are_named_with_their_fix() {
                     .filter(|n| {
                         ["nginx", "crasher"]
                             .iter()
-                            .any(|d| n.starts_with(&format!("weirc-{}-default.{d}-", cluster.name)))
+                            .any(|d| n.starts_with(&format!("weirc-{}.default.{d}-", cluster.name)))
                     })
                     .collect()
             })
@@ -655,4 +681,34 @@ fn mistakes_are_named_with_their_fix() {
             Err(format!("{left:?}"))
         }
     });
+
+    // After a crash of the supervisor, `down` still removes everything.
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.dir().join("cluster.json")).expect("cluster.json"),
+    )
+    .expect("json");
+    let pid = info["supervisor"]["pid"].as_i64().expect("pid");
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let down = cluster.ok(&["cluster", "down"]);
+    // Its pods outlived it (Prometheus, the gateway, tcp-echo); down found and stopped them.
+    assert!(
+        down.contains("leftover process") && !down.contains(" 0 leftover"),
+        "{down}"
+    );
+    let prefix = format!("weirc-{}.", cluster.name);
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!cluster.dir().exists());
+    let procs = host_state(&cluster);
+    assert_eq!(
+        procs.last().map(String::as_str),
+        Some("cluster processes: []")
+    );
 }

@@ -73,6 +73,10 @@ pub struct UpArgs {
     /// Prometheus's scrape interval.
     #[arg(long, default_value = "5s", value_parser = proxy::config::parse_duration)]
     scrape_interval: Duration,
+    /// A plug-in CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem) for the cluster's certificates; without it a root is generated.
+    #[arg(long, value_name = "DIR")]
+    cacerts: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -85,6 +89,7 @@ impl UpArgs {
         o.tcp_port = self.tcp_port;
         o.reporting_interval = self.reporting_interval;
         o.scrape_interval = self.scrape_interval;
+        o.cacerts = self.cacerts.clone();
         o
     }
 }
@@ -361,7 +366,8 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(c) = &args.container {
         let name = pick_container(&pod, Some(c))?;
         if let Some(rec) = pod.containers.iter().find(|r| r.name == name) {
-            cmd.envs(rec.env.iter().map(|(k, v)| (k, v)));
+            // Exactly the container's environment, as `kubectl exec` gives.
+            cmd.env_clear().envs(rec.env.iter().map(|(k, v)| (k, v)));
         }
     }
     let status = cmd
