@@ -247,7 +247,9 @@ impl Recorder {
             f(&mut r);
             r.ready = !r.containers.is_empty() && r.containers.iter().all(|c| c.ready);
             if r.phase != "Terminating" && r.message.is_none() {
-                r.phase = if r.containers.iter().all(|c| c.running) {
+                r.phase = if r.containers.is_empty() {
+                    "Pending".to_owned()
+                } else if r.containers.iter().all(|c| c.running) {
                     "Running".to_owned()
                 } else if r.containers.iter().any(|c| c.restarts > 0 && !c.running) {
                     "CrashLoopBackOff".to_owned()
@@ -316,27 +318,37 @@ impl PodRun {
             file: dir.join("pod.json"),
             service_account: self.plan.service_account.clone(),
         };
-        let prepared = {
-            let this = self.clone_parts();
-            let dir = dir.clone();
-            let netns_name = netns_name.clone();
-            tokio::task::spawn_blocking(move || this.prepare(&dir, &netns_name)).await
-        };
-        let launches = match prepared {
-            // Deleted while it was being set up: start nothing.
-            Ok(Ok(_)) if stop.is_cancelled() => None,
-            Ok(Ok(l)) => Some(l),
-            Ok(Err(e)) => {
-                recorder.update(|r| {
-                    r.phase = "Error".into();
-                    r.message = Some(e.to_string());
-                });
-                tracing::error!(pod = %self.name, "cannot create the pod: {e}");
-                None
-            }
-            Err(e) => {
-                tracing::error!(pod = %self.name, "pod setup failed: {e}");
-                None
+        // A failed setup (an `ip` or iptables error) is undone and tried again with
+        // backoff, as a kubelet retries a pod sandbox.
+        let mut backoff = Backoff::default();
+        let launches = loop {
+            let prepared = {
+                let this = self.clone_parts();
+                let dir = dir.clone();
+                let netns_name = netns_name.clone();
+                tokio::task::spawn_blocking(move || this.prepare(&dir, &netns_name)).await
+            };
+            let error = match prepared {
+                // Deleted while it was being set up: start nothing.
+                Ok(Ok(_)) if stop.is_cancelled() => break None,
+                Ok(Ok(l)) => {
+                    recorder.update(|r| r.message = None);
+                    break Some(l);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("pod setup failed: {e}"),
+            };
+            let delay = backoff.next(Duration::ZERO);
+            tracing::error!(pod = %self.name, ?delay, "cannot create the pod: {error}");
+            recorder.update(|r| {
+                r.phase = "Error".into();
+                r.message = Some(error);
+            });
+            let name = netns_name.clone();
+            let _ = tokio::task::spawn_blocking(move || netns::delete(&name)).await;
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                _ = tokio::time::sleep(delay) => {}
             }
         };
         let mut sidecar_task = None;
