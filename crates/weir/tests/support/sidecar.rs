@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use control::ca::{CertificateAuthority, SpiffeId, DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL};
 use proxy::config::{
-    Endpoint, EndpointTls, InboundConfig, InboundMode, InboundPort, OutboundConfig, OutboundPort,
-    OutboundService, OutboundTrafficPolicy, ProxyConfig, ServiceRef, TlsConfig,
+    Endpoint, EndpointTls, InboundPort, OutboundPort, OutboundService, PodIdentity, ProxyConfig,
+    ServiceRef,
 };
 
 use super::http::{eventually, get, parse_exposition, Sample};
@@ -96,34 +96,27 @@ impl Workload {
     /// A base config: identity, labels, certificates, capture listeners on Istio's ports,
     /// 1 s reporting, and the sidecar mark.
     pub fn config(&self, ip: Ipv4Addr, cert_dir: PathBuf) -> ProxyConfig {
-        let mut c = ProxyConfig::minimal(self.namespace, self.name);
-        c.node.pod_name = Some(format!("{}-7d4b9c", self.name));
-        c.node.service_account = self.sa.to_owned();
-        c.node.ip = Some(IpAddr::V4(ip));
-        c.node.labels = BTreeMap::from([
-            ("app".to_owned(), self.app.to_owned()),
-            ("version".to_owned(), self.version.to_owned()),
-        ]);
-        c.tls = Some(TlsConfig {
-            cert_dir,
-            poll_interval: Duration::from_secs(1),
-        });
-        c.inbound = InboundConfig {
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 15006))),
-            mode: InboundMode::Permissive,
-            ports: Vec::new(),
+        let pod = PodIdentity {
+            pod_name: format!("{}-7d4b9c", self.name),
+            namespace: self.namespace.to_owned(),
+            workload: self.name.to_owned(),
+            service_account: self.sa.to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            cluster_id: None,
+            ip: Some(IpAddr::V4(ip)),
+            labels: BTreeMap::from([
+                ("app".to_owned(), self.app.to_owned()),
+                ("version".to_owned(), self.version.to_owned()),
+            ]),
+            owner: None,
         };
-        c.outbound = OutboundConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 15001))),
-            traffic_policy: OutboundTrafficPolicy::AllowAny,
-            services: Vec::new(),
-        };
+        let mut c = ProxyConfig::sidecar(pod, cert_dir, Some(PROXY_MARK));
+        // Tests want certificate changes and reports sooner, and longer drains.
+        if let Some(tls) = c.tls.as_mut() {
+            tls.poll_interval = Duration::from_secs(1);
+        }
         c.reporting.interval = REPORTING;
         c.limits.drain_timeout = Duration::from_secs(10);
-        c.admin.listen = SocketAddr::from(([127, 0, 0, 1], 15000));
-        c.stats.listen = SocketAddr::from(([0, 0, 0, 0], 15090));
-        c.readiness.listen = SocketAddr::from(([0, 0, 0, 0], 15021));
-        c.capture.mark = Some(PROXY_MARK);
         c
     }
 }
