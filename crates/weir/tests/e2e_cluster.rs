@@ -102,6 +102,16 @@ impl Cluster {
         v["data"]["result"].clone()
     }
 
+    /// The `weir get pods` columns (NAME READY STATUS RESTARTS AGE) of the first pod
+    /// whose name starts with `prefix`; empty when there is none.
+    fn pod_columns(&self, prefix: &str) -> Vec<String> {
+        self.ok(&["get", "pods"])
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     fn dir(&self) -> PathBuf {
         self.root.join(&self.name)
     }
@@ -413,17 +423,13 @@ fn the_seed_runs_end_to_end_and_down_leaves_the_host_as_it_was() {
         "details restarted and ready",
         Duration::from_secs(30),
         || {
-            let pods = cluster.ok(&["get", "pods"]);
-            let line = pods
-                .lines()
-                .find(|l| l.starts_with("details-v1"))
-                .unwrap_or_default()
-                .to_owned();
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.get(1) == Some(&"2/2") && cols.get(3) == Some(&"1") {
+            let cols = cluster.pod_columns("details-v1");
+            if cols.get(1).map(String::as_str) == Some("2/2")
+                && cols.get(3).map(String::as_str) == Some("1")
+            {
                 Ok(())
             } else {
-                Err(line)
+                Err(cols.join(" "))
             }
         },
     );
@@ -579,21 +585,12 @@ fn mistakes_are_named_with_their_fix() {
         "the crasher restarts with backoff",
         Duration::from_secs(30),
         || {
-            let pods = cluster.ok(&["get", "pods"]);
-            let line = pods
-                .lines()
-                .find(|l| l.starts_with("crasher"))
-                .unwrap_or_default()
-                .to_owned();
-            let restarts: u32 = line
-                .split_whitespace()
-                .nth(3)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            if restarts >= 2 && line.contains("CrashLoopBackOff") {
+            let cols = cluster.pod_columns("crasher");
+            let restarts: u32 = cols.get(3).and_then(|r| r.parse().ok()).unwrap_or(0);
+            if restarts >= 2 && cols.get(2).map(String::as_str) == Some("CrashLoopBackOff") {
                 Ok(())
             } else {
-                Err(line)
+                Err(cols.join(" "))
             }
         },
     );
