@@ -397,24 +397,91 @@ fn plain_tcp(stream: &dyn Any) -> Option<&TcpStream> {
     if let Some(tcp) = stream.downcast_ref::<TcpStream>() {
         return Some(tcp);
     }
-    type Client = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
-    type Server = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
     match (
-        stream.downcast_ref::<Client>(),
-        stream.downcast_ref::<Server>(),
+        stream.downcast_ref::<ClientSide>(),
+        stream.downcast_ref::<ServerSide>(),
     ) {
         (Some(EitherStream::Left(tcp)), _) | (_, Some(EitherStream::Left(tcp))) => Some(tcp),
         _ => None,
     }
 }
 
+type ClientSide = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+type ServerSide = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Takes the plain TCP socket out of `slot` when [`plain_tcp`] finds one.
+fn take_plain_tcp<S: Any>(slot: &mut Option<S>) -> Option<TcpStream> {
+    let any: &mut dyn Any = slot;
+    if let Some(tcp) = any.downcast_mut::<Option<TcpStream>>() {
+        return tcp.take();
+    }
+    if let Some(side) = any.downcast_mut::<Option<ClientSide>>() {
+        return match side.take() {
+            Some(EitherStream::Left(tcp)) => Some(tcp),
+            other => {
+                *side = other;
+                None
+            }
+        };
+    }
+    if let Some(side) = any.downcast_mut::<Option<ServerSide>>() {
+        return match side.take() {
+            Some(EitherStream::Left(tcp)) => Some(tcp),
+            other => {
+                *side = other;
+                None
+            }
+        };
+    }
+    None
+}
+
 /// Copies both ways between `downstream` (the client) and `upstream` (the server)
 /// until both directions end, counting request bytes as received and response bytes
 /// as sent. With `mx`, the peer's frame is read off the front of its stream first.
 ///
-/// Plain TCP sides take the fast paths of [`crate::copy`]: `splice(2)` when both are
-/// plain, and no read buffer held while a plain side is quiet.
+/// Two plain TCP sides without metadata exchange (plaintext hops) run as a
+/// [`relay::Relay`]: a small future that holds no buffer while the connection is
+/// quiet. Other pairs take the general path, whose plain TCP sides still use the fast
+/// paths of [`crate::copy`]; it is boxed so that relayed connections do not reserve
+/// its larger state.
 pub async fn pump<D, U>(
+    downstream: D,
+    upstream: U,
+    bytes: &ByteCounters,
+    mx: Option<MxRead<'_>>,
+    limits: PumpLimits,
+    cut: &CancellationToken,
+    log_ctx: &str,
+) -> PumpEnd
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut down = Some(downstream);
+    let mut up = Some(upstream);
+    let plain = |d: &Option<D>, u: &Option<U>| {
+        let d = d.as_ref().and_then(|d| plain_tcp(d));
+        let u = u.as_ref().and_then(|u| plain_tcp(u));
+        d.is_some() && u.is_some()
+    };
+    if mx.is_none() && plain(&down, &up) {
+        if let (Some(d), Some(u)) = (take_plain_tcp(&mut down), take_plain_tcp(&mut up)) {
+            return relay::Relay::new(d, u, bytes, limits, cut, log_ctx).await;
+        }
+    }
+    let (Some(downstream), Some(upstream)) = (down, up) else {
+        // Unreachable: both sides are taken only together, after both were found plain.
+        return PumpEnd::Done;
+    };
+    Box::pin(pump_general(
+        downstream, upstream, bytes, mx, limits, cut, log_ctx,
+    ))
+    .await
+}
+
+/// The general pump: any pair of streams, with or without metadata exchange.
+async fn pump_general<D, U>(
     downstream: D,
     upstream: U,
     bytes: &ByteCounters,
@@ -672,6 +739,8 @@ impl AccessLog<'_> {
         );
     }
 }
+
+mod relay;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,11 @@ mod splice;
 mod tcp;
 
 pub use splice::splice_one_way;
+pub(crate) use splice::{
+    flags as splice_flags, unsupported as splice_unsupported, Pipe, SPLICE_CHUNK,
+};
 pub use tcp::{copy_ready_one_way, TcpRef, READ_CHUNK};
+pub(crate) use tcp::{give_buffer, take_buffer};
 
 /// First buffer size of a direction.
 pub const INITIAL_BUFFER: usize = 8 * 1024;

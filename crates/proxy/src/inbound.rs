@@ -95,7 +95,7 @@ pub(crate) async fn handle(
     // Plaintext or TLS, as the mode allows.
     let use_tls = match gen.config.inbound.mode {
         InboundMode::Disable => false,
-        InboundMode::Strict => match sniff(&client, limits.tls_handshake_timeout).await {
+        InboundMode::Strict => match Box::pin(sniff(&client, limits.tls_handshake_timeout)).await {
             Some(first) if looks_like_tls(&first) => true,
             Some(first) if first.is_empty() => return,
             Some(_) => {
@@ -110,7 +110,7 @@ pub(crate) async fn handle(
             }
         },
         // A silent client may be waiting for a server-first greeting: plaintext.
-        InboundMode::Permissive => sniff(&client, limits.protocol_detection_timeout)
+        InboundMode::Permissive => Box::pin(sniff(&client, limits.protocol_detection_timeout))
             .await
             .is_some_and(|first| looks_like_tls(&first)),
     };
@@ -125,7 +125,9 @@ pub(crate) async fn handle(
         };
         let current = certs.current();
         let accept = TlsAcceptor::from(current.server_config()).accept(client);
-        match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
+        // Boxed, like every phase before the copy: an open connection's future then
+        // reserves room only for the copy, not for the handshake state.
+        match Box::pin(tokio::time::timeout(limits.tls_handshake_timeout, accept)).await {
             Ok(Ok(stream)) => {
                 let session = stream.get_ref().1;
                 peer_identity = tls::peer_identity(session.peer_certificates());
@@ -202,8 +204,12 @@ pub(crate) async fn handle(
     };
     log.upstream = Some(target.app);
     guard.entry().set_upstream(target.app);
-    let app = match connection::connect(target.app, limits.connect_timeout, gen.config.capture.mark)
-        .await
+    let app = match Box::pin(connection::connect(
+        target.app,
+        limits.connect_timeout,
+        gen.config.capture.mark,
+    ))
+    .await
     {
         Ok(s) => s,
         Err(e) => {
@@ -232,8 +238,12 @@ pub(crate) async fn handle(
         ));
     };
     let mx = if exchange_on {
-        if let Err(e) =
-            exchange::write_frame(&mut downstream, shared.local.frame(), limits.mx_timeout).await
+        if let Err(e) = Box::pin(exchange::write_frame(
+            &mut downstream,
+            shared.local.frame(),
+            limits.mx_timeout,
+        ))
+        .await
         {
             tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
             recorder.close(None);

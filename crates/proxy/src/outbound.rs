@@ -475,7 +475,7 @@ pub(crate) async fn handle(
                 tls: EndpointTls::Disable,
                 identity: None,
             };
-            connect_endpoint(&shared, &gen, &ep, limits.connect_timeout)
+            Box::pin(connect_endpoint(&shared, &gen, &ep, limits.connect_timeout))
                 .await
                 .map_err(|e| {
                     tracing::warn!(conn = %ctx, error = %e, "passthrough upstream connect failed");
@@ -510,7 +510,9 @@ pub(crate) async fn handle(
             let mut result = Err(ResponseFlags::UpstreamConnectionFailure);
             for (i, c) in order.iter().enumerate() {
                 let load = c.load.as_ref().map(ActiveGuard::acquire);
-                match connect_endpoint(&shared, &gen, &c.endpoint, timeout).await {
+                // Boxed, like every phase before the copy: an open connection's future
+                // then reserves room only for the copy, not for the handshake state.
+                match Box::pin(connect_endpoint(&shared, &gen, &c.endpoint, timeout)).await {
                     Ok(conn) => {
                         _endpoint_load = load;
                         result = Ok(conn);
@@ -570,8 +572,12 @@ pub(crate) async fn handle(
         ));
     };
     let mx = if exchange {
-        if let Err(e) =
-            exchange::write_frame(&mut stream, shared.local.frame(), limits.mx_timeout).await
+        if let Err(e) = Box::pin(exchange::write_frame(
+            &mut stream,
+            shared.local.frame(),
+            limits.mx_timeout,
+        ))
+        .await
         {
             tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
             recorder.close(None);
@@ -590,7 +596,7 @@ pub(crate) async fn handle(
     };
     if !replay.is_empty() {
         let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &replay);
-        match tokio::time::timeout(limits.connect_timeout, write).await {
+        match Box::pin(tokio::time::timeout(limits.connect_timeout, write)).await {
             Ok(Ok(())) => bytes.add_received(replay.len() as u64),
             Ok(Err(e)) => {
                 tracing::warn!(conn = %ctx, error = %e, "sending the request head upstream failed");

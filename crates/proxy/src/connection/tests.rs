@@ -1,5 +1,5 @@
-//! The two-way pump over real loopback sockets: the splice path (both sides plain
-//! TCP), the readiness path (one side plain TCP) and the stream path.
+//! The two-way pump over real loopback sockets: the relay (both sides plain TCP), the
+//! readiness path (one side plain TCP) and the stream path.
 
 use std::time::Duration;
 
@@ -197,4 +197,172 @@ async fn idle_timeout_ends_a_quiet_spliced_connection() {
         ended.duration_since(last)
     );
     assert_eq!(bytes.received(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_moves_small_then_bulk_then_small_exactly() {
+    // Small requests are copied, a bulk burst switches the direction to splice and a
+    // small one switches it back; every byte arrives, in order, counted once.
+    let (mut client, downstream) = socket_pair().await;
+    let (upstream, mut server) = socket_pair().await;
+    let bytes = ByteCounters::default();
+    let cut = CancellationToken::new();
+    let bulk = pattern((6 << 20) + 5, 9);
+    let traffic = async {
+        let mut sent = 0u64;
+        for round in 0..3 {
+            for i in 0..20u8 {
+                let msg = [round, i, 0xAB];
+                client.write_all(&msg).await.unwrap();
+                let mut got = [0; 3];
+                server.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, msg);
+                server.write_all(&got[..2]).await.unwrap();
+                let mut back = [0; 2];
+                client.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, msg[..2]);
+                sent += 3;
+            }
+            if round < 2 {
+                let (w, r) = tokio::join!(client.write_all(&bulk), async {
+                    let mut got = vec![0; bulk.len()];
+                    server.read_exact(&mut got).await.unwrap();
+                    got
+                });
+                w.unwrap();
+                assert_eq!(sha(&r), sha(&bulk));
+                sent += bulk.len() as u64;
+            }
+        }
+        client.shutdown().await.unwrap();
+        server.shutdown().await.unwrap();
+        sent
+    };
+    let run = async {
+        tokio::join!(
+            pump(
+                downstream,
+                upstream,
+                &bytes,
+                None,
+                PumpLimits::default(),
+                &cut,
+                "test"
+            ),
+            traffic
+        )
+    };
+    let (end, sent) = tokio::time::timeout(LIMIT, run).await.expect("in time");
+    assert!(matches!(end, PumpEnd::Done), "{end:?}");
+    assert_eq!(bytes.received(), sent);
+    assert_eq!(bytes.sent(), 3 * 20 * 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_ends_at_the_maximum_duration_even_while_busy() {
+    let (mut client, downstream) = socket_pair().await;
+    let (upstream, mut server) = socket_pair().await;
+    let bytes = ByteCounters::default();
+    let cut = CancellationToken::new();
+    let limits = PumpLimits {
+        max_duration: Some(Duration::from_millis(400)),
+        idle_timeout: Some(Duration::from_millis(300)),
+    };
+    let started = tokio::time::Instant::now();
+    let traffic = async {
+        // Busy all along (gaps well under the idle timeout) until the proxy closes.
+        let mut buf = [0; 4];
+        loop {
+            if client.write_all(b"busy").await.is_err() {
+                return;
+            }
+            match server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let run = async {
+        tokio::select! {
+            end = pump(downstream, upstream, &bytes, None, limits, &cut, "test") => end,
+            _ = traffic => panic!("the traffic stopped before the limit"),
+        }
+    };
+    let end = tokio::time::timeout(LIMIT, run).await.expect("in time");
+    assert!(matches!(end, PumpEnd::DurationLimit), "{end:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(bytes.received() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_is_cut_at_the_drain_deadline_and_peers_see_the_close() {
+    let (mut client, downstream) = socket_pair().await;
+    let (upstream, mut server) = socket_pair().await;
+    let bytes = ByteCounters::default();
+    let cut = CancellationToken::new();
+    let run = async {
+        // The pump owns the proxy's sockets: when it ends they close, and both peers
+        // see it.
+        let pumped = pump(
+            downstream,
+            upstream,
+            &bytes,
+            None,
+            PumpLimits::default(),
+            &cut,
+            "test",
+        );
+        let cutter = async {
+            client.write_all(b"x").await.unwrap();
+            let mut one = [0; 1];
+            server.read_exact(&mut one).await.unwrap();
+            cut.cancel();
+        };
+        tokio::join!(pumped, cutter).0
+    };
+    let end = tokio::time::timeout(LIMIT, run).await.expect("in time");
+    assert!(matches!(end, PumpEnd::Cut), "{end:?}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(LIMIT, client.read_to_end(&mut rest))
+        .await
+        .expect("the client sees the close in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(bytes.received(), 1);
+}
+
+#[test]
+fn an_open_plaintext_connection_reserves_little() {
+    // What every open connection carries while quiet: keep it small (see
+    // BENCHMARKS.md, RSS per idle connection). Measured, not estimated.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_client, downstream) = socket_pair().await;
+        let (upstream, _server) = socket_pair().await;
+        let bytes = ByteCounters::default();
+        let cut = CancellationToken::new();
+        let relay = relay::Relay::new(
+            downstream,
+            upstream,
+            &bytes,
+            PumpLimits::default(),
+            &cut,
+            "test",
+        );
+        assert!(
+            std::mem::size_of_val(&relay) <= 512,
+            "{}",
+            std::mem::size_of_val(&relay)
+        );
+        let (d, u) = (socket_pair().await.1, socket_pair().await.0);
+        let pumped = pump(d, u, &bytes, None, PumpLimits::default(), &cut, "test");
+        assert!(
+            std::mem::size_of_val(&pumped) <= 1024,
+            "{}",
+            std::mem::size_of_val(&pumped)
+        );
+    });
 }

@@ -21,7 +21,7 @@ use super::{shutdown_end, write_prefix, CopyEnd};
 /// Pipe capacity asked for (the kernel may refuse; the default 64 KiB then stays).
 const PIPE_SIZE: i32 = 256 * 1024;
 /// Most bytes moved by one `splice` call.
-const SPLICE_CHUNK: usize = PIPE_SIZE as usize;
+pub(crate) const SPLICE_CHUNK: usize = PIPE_SIZE as usize;
 /// Empty pipes kept for reuse.
 const POOL_PIPES: usize = 16;
 
@@ -30,13 +30,13 @@ static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 /// Both ends of a nonblocking pipe. Only empty pipes go back to the pool; a pipe
 /// dropped anywhere else (an error, a cancelled copy) is closed with its contents.
 #[derive(Debug)]
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
+pub(crate) struct Pipe {
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
 }
 
 impl Pipe {
-    fn take() -> io::Result<Self> {
+    pub(crate) fn take() -> io::Result<Self> {
         if let Some(p) = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop() {
             return Ok(p);
         }
@@ -47,7 +47,7 @@ impl Pipe {
     }
 
     /// Back to the pool; the caller guarantees the pipe is empty.
-    fn give(self) {
+    pub(crate) fn give(self) {
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < POOL_PIPES {
             pool.push(self);
@@ -55,7 +55,7 @@ impl Pipe {
     }
 }
 
-fn flags() -> SpliceFFlags {
+pub(crate) fn flags() -> SpliceFFlags {
     SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
 }
 
@@ -183,7 +183,7 @@ async fn drain_pipe(pipe: &Pipe, writer: &TcpStream, n: usize) -> io::Result<()>
 }
 
 /// Errors that mean these descriptors cannot splice at all (not a connection error).
-fn unsupported(e: &io::Error) -> bool {
+pub(crate) fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error().map(Errno::from_raw),
         Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
