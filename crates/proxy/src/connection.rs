@@ -409,6 +409,47 @@ fn plain_tcp(stream: &dyn Any) -> Option<&TcpStream> {
 type ClientSide = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 type ServerSide = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
+/// True for the TLS side of the listeners' stream types.
+fn is_tls(stream: &dyn Any) -> bool {
+    matches!(
+        stream.downcast_ref::<ClientSide>(),
+        Some(EitherStream::Right(_))
+    ) || matches!(
+        stream.downcast_ref::<ServerSide>(),
+        Some(EitherStream::Right(_))
+    )
+}
+
+/// Takes the TLS session and its socket out of `slot` when [`is_tls`] holds.
+fn take_tls<S: Any>(slot: &mut Option<S>) -> Option<tls_relay::TlsSide> {
+    let any: &mut dyn Any = slot;
+    if let Some(side) = any.downcast_mut::<Option<ClientSide>>() {
+        return match side.take() {
+            Some(EitherStream::Right(tls)) => {
+                let (tcp, session) = tls.into_inner();
+                Some((tcp, session.into()))
+            }
+            other => {
+                *side = other;
+                None
+            }
+        };
+    }
+    if let Some(side) = any.downcast_mut::<Option<ServerSide>>() {
+        return match side.take() {
+            Some(EitherStream::Right(tls)) => {
+                let (tcp, session) = tls.into_inner();
+                Some((tcp, session.into()))
+            }
+            other => {
+                *side = other;
+                None
+            }
+        };
+    }
+    None
+}
+
 /// Takes the plain TCP socket out of `slot` when [`plain_tcp`] finds one.
 fn take_plain_tcp<S: Any>(slot: &mut Option<S>) -> Option<TcpStream> {
     let any: &mut dyn Any = slot;
@@ -440,11 +481,12 @@ fn take_plain_tcp<S: Any>(slot: &mut Option<S>) -> Option<TcpStream> {
 /// until both directions end, counting request bytes as received and response bytes
 /// as sent. With `mx`, the peer's frame is read off the front of its stream first.
 ///
-/// Two plain TCP sides without metadata exchange (plaintext hops) run as a
-/// [`relay::Relay`]: a small future that holds no buffer while the connection is
-/// quiet. Other pairs take the general path, whose plain TCP sides still use the fast
-/// paths of [`crate::copy`]; it is boxed so that relayed connections do not reserve
-/// its larger state.
+/// The sidecar's two shapes run as small hand-written futures that hold no buffer
+/// while the connection is quiet: two plain TCP sides (plaintext hops) as a
+/// [`relay::Relay`], and a TLS side with a plain one (mutual TLS between sidecars) as
+/// a [`tls_relay::TlsRelay`]. Other pairs take the general path, whose plain TCP sides
+/// still use the fast paths of [`crate::copy`]; it is boxed so that relayed
+/// connections do not reserve its larger state.
 pub async fn pump<D, U>(
     downstream: D,
     upstream: U,
@@ -460,14 +502,28 @@ where
 {
     let mut down = Some(downstream);
     let mut up = Some(upstream);
-    let plain = |d: &Option<D>, u: &Option<U>| {
-        let d = d.as_ref().and_then(|d| plain_tcp(d));
-        let u = u.as_ref().and_then(|u| plain_tcp(u));
-        d.is_some() && u.is_some()
-    };
-    if mx.is_none() && plain(&down, &up) {
+    let plain = |s: Option<&dyn Any>| s.and_then(plain_tcp).is_some();
+    let tls = |s: Option<&dyn Any>| s.is_some_and(is_tls);
+    let (d, u) = (
+        down.as_ref().map(|d| d as &dyn Any),
+        up.as_ref().map(|u| u as &dyn Any),
+    );
+    let mx_side = mx.as_ref().map(|m| m.side);
+    if mx.is_none() && plain(d) && plain(u) {
         if let (Some(d), Some(u)) = (take_plain_tcp(&mut down), take_plain_tcp(&mut up)) {
             return relay::Relay::new(d, u, bytes, limits, cut, log_ctx).await;
+        }
+    } else if tls(d) && plain(u) && mx_side != Some(MxSide::Upstream) {
+        // Inbound: the peer sidecar's TLS downstream, the local app upstream.
+        if let (Some(t), Some(p)) = (take_tls(&mut down), take_plain_tcp(&mut up)) {
+            let relay = tls_relay::TlsRelay::new(p, t, true, mx, bytes, limits, cut, log_ctx);
+            return relay.await;
+        }
+    } else if plain(d) && tls(u) && mx_side != Some(MxSide::Downstream) {
+        // Outbound: the local client downstream, the peer sidecar's TLS upstream.
+        if let (Some(p), Some(t)) = (take_plain_tcp(&mut down), take_tls(&mut up)) {
+            let relay = tls_relay::TlsRelay::new(p, t, false, mx, bytes, limits, cut, log_ctx);
+            return relay.await;
         }
     }
     let (Some(downstream), Some(upstream)) = (down, up) else {
@@ -741,6 +797,7 @@ impl AccessLog<'_> {
 }
 
 mod relay;
+mod tls_relay;
 
 #[cfg(test)]
 mod tests;

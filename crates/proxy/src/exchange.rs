@@ -222,37 +222,42 @@ pub async fn read_peer_frame<R: AsyncRead + Unpin + ?Sized>(
             }
             Ok(Step::Frame { consumed, peer }) => {
                 let leftover = input.get(consumed..).unwrap_or_default().to_vec();
-                return Ok(match peer {
-                    mx::PeerPayload::Peer { metadata, .. } => PeerFrame {
-                        peer: Some(metadata),
-                        unknown_reason: None,
-                        leftover,
-                        eof: false,
-                    },
-                    mx::PeerPayload::Invalid { reason } => PeerFrame {
-                        peer: None,
-                        unknown_reason: Some(format!(
-                            "the peer's istio-peer-exchange frame was consumed but its payload is invalid: {reason}"
-                        )),
-                        leftover,
-                        eof: false,
-                    },
-                });
+                return Ok(frame_result(peer, leftover));
             }
             Err(e) => return Err(ExchangeError::TooLarge(e)),
         }
     }
 }
 
+/// What a complete frame tells, with the application bytes read past it.
+pub(crate) fn frame_result(peer: mx::PeerPayload, leftover: Vec<u8>) -> PeerFrame {
+    match peer {
+        mx::PeerPayload::Peer { metadata, .. } => PeerFrame {
+            peer: Some(metadata),
+            unknown_reason: None,
+            leftover,
+            eof: false,
+        },
+        mx::PeerPayload::Invalid { reason } => PeerFrame {
+            peer: None,
+            unknown_reason: Some(format!(
+                "the peer's istio-peer-exchange frame was consumed but its payload is invalid: {reason}"
+            )),
+            leftover,
+            eof: false,
+        },
+    }
+}
+
 /// The bytes of a partial magic (fewer than 4 matched): they may be application data.
-fn partial_magic(progress: Progress) -> Option<Vec<u8>> {
+pub(crate) fn partial_magic(progress: Progress) -> Option<Vec<u8>> {
     match progress {
         Progress::Header { got } if got < 4 => Some(mx::MAGIC.to_be_bytes()[..got].to_vec()),
         _ => None,
     }
 }
 
-fn not_a_frame(leftover: Vec<u8>, eof: bool, why: &str) -> PeerFrame {
+pub(crate) fn not_a_frame(leftover: Vec<u8>, eof: bool, why: &str) -> PeerFrame {
     PeerFrame {
         peer: None,
         unknown_reason: Some(why.to_owned()),
@@ -261,7 +266,7 @@ fn not_a_frame(leftover: Vec<u8>, eof: bool, why: &str) -> PeerFrame {
     }
 }
 
-fn end_of_stream(decoder: &Decoder) -> Result<PeerFrame, ExchangeError> {
+pub(crate) fn end_of_stream(decoder: &Decoder) -> Result<PeerFrame, ExchangeError> {
     let progress = decoder.progress();
     if !decoder.is_mid_frame() {
         return Ok(not_a_frame(

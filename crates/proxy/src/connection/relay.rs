@@ -240,7 +240,7 @@ impl Dir {
 }
 
 /// The idle and maximum-duration limits of a relay, on one timer.
-struct Limits {
+pub(super) struct Limits {
     sleep: Pin<Box<Sleep>>,
     idle: Option<std::time::Duration>,
     end_at: Option<Instant>,
@@ -250,7 +250,7 @@ struct Limits {
 }
 
 impl Limits {
-    fn new(limits: PumpLimits) -> Option<Self> {
+    pub(super) fn new(limits: PumpLimits) -> Option<Self> {
         if limits.idle_timeout.is_none() && limits.max_duration.is_none() {
             return None;
         }
@@ -269,7 +269,7 @@ impl Limits {
     /// `Ready` with how the connection ends when a limit is reached. The timer wakes a
     /// quiet connection once, at its deadline; one that moved bytes since the last look
     /// is looked at again a quarter timeout later (the copy loops never touch a timer).
-    fn poll(&mut self, cx: &mut Context<'_>, bytes: &ByteCounters) -> Poll<PumpEnd> {
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>, bytes: &ByteCounters) -> Poll<PumpEnd> {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             let now = Instant::now();
@@ -339,16 +339,22 @@ impl<'a> Relay<'a> {
 
     /// Logs how a direction ended; true when the connection is over (an error).
     fn ended(&self, end: CopyEnd, what: &str) -> bool {
-        match end {
-            CopyEnd::Eof => false,
-            CopyEnd::Error { error, after_data } => {
-                if after_data && is_normal_end(&error) {
-                    tracing::debug!(conn = self.log_ctx, direction = what, %error, "connection ended by the peer");
-                } else {
-                    tracing::debug!(conn = self.log_ctx, direction = what, %error, "connection ended with an error");
-                }
-                true
+        log_end(self.log_ctx, end, what)
+    }
+}
+
+/// Logs how a direction of a relayed connection ended; true when the connection is
+/// over (an error ends both directions).
+pub(super) fn log_end(log_ctx: &str, end: CopyEnd, what: &str) -> bool {
+    match end {
+        CopyEnd::Eof => false,
+        CopyEnd::Error { error, after_data } => {
+            if after_data && is_normal_end(&error) {
+                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended by the peer");
+            } else {
+                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended with an error");
             }
+            true
         }
     }
 }

@@ -202,3 +202,41 @@ async fn oversized_and_stalled_frames_close_only_their_connection() {
     eventually_closed(s.handle.addrs().stats, 4.0).await;
     s.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_peer_is_reported_unknown_and_its_late_frame_is_still_stripped() {
+    let s = server().await;
+    let (mut tls, server_metadata) = raw_client(&s.client_dir, s.inbound).await;
+    // Nothing within the exchange's time limit (300 ms): the connection is reported
+    // with an unknown peer, and reading goes on.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut late = mx::encode_frame(&server_metadata, None);
+    late.extend_from_slice(b"late data");
+    tls.write_all(&late).await.unwrap();
+    echo_check(&mut tls, b"late data").await;
+    drop(tls);
+    let samples = eventually_closed(s.handle.addrs().stats, 1.0).await;
+    // The labels were fixed when the time limit passed, so the late frame's workload
+    // does not appear; its bytes are not application data.
+    assert_eq!(source_of(&samples)["source_workload"], "unknown");
+    assert_eq!(value(&samples, "istio_tcp_received_bytes_total", &[]), 9.0);
+    s.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_magic_then_silence_is_forwarded_as_application_data() {
+    let s = server().await;
+    let (mut tls, _) = raw_client(&s.client_dir, s.inbound).await;
+    let magic = mx::MAGIC.to_be_bytes();
+    tls.write_all(&magic[..2]).await.unwrap();
+    tls.flush().await.unwrap();
+    // After the time limit the two bytes are data, not a frame: they reach the app.
+    echo_check(&mut tls, &magic[..2]).await;
+    tls.write_all(b" and more").await.unwrap();
+    echo_check(&mut tls, b" and more").await;
+    drop(tls);
+    let samples = eventually_closed(s.handle.addrs().stats, 1.0).await;
+    assert_eq!(source_of(&samples)["source_workload"], "unknown");
+    assert_eq!(value(&samples, "istio_tcp_received_bytes_total", &[]), 11.0);
+    s.handle.shutdown().await;
+}
