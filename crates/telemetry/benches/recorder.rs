@@ -98,6 +98,41 @@ fn open_resolve_close(c: &mut Criterion) {
     });
 }
 
+/// What the proxy does per connection of a route whose series already exist: build
+/// the fallback labels (peer unknown), open, build the resolved labels, resolve, count
+/// bytes, close.
+fn connection_lifecycle(c: &mut Criterion) {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let local = workload("ratings-v1");
+    let peer = workload("productpage-v1");
+    let unknown_peer = Workload {
+        principal: peer.principal.clone(),
+        ..Workload::unknown()
+    };
+    let svc = DestinationService::from_fqdn("ratings.default.svc.cluster.local");
+    let policy = SecurityPolicy::MutualTls;
+    let lifecycle = || {
+        let fallback = TcpLabels::inbound(&local, &unknown_peer, &svc, policy, ResponseFlags::None);
+        let mut r = metrics.recorder(fallback);
+        let bytes = r.byte_counters();
+        r.resolve(TcpLabels::inbound(
+            &local,
+            &peer,
+            &svc,
+            policy,
+            ResponseFlags::None,
+        ));
+        bytes.add_received(black_box(6));
+        bytes.add_sent(black_box(12));
+        r.close(Some(ResponseFlags::None));
+    };
+    lifecycle();
+    c.bench_function("connection_lifecycle/existing_series", |b| {
+        b.iter(lifecycle)
+    });
+}
+
 fn encode_10k_series(c: &mut Criterion) {
     let mut registry = Registry::default();
     let metrics = TcpMetrics::new(&mut registry);
@@ -119,6 +154,7 @@ criterion_group!(
     byte_accounting,
     flush_10k,
     open_resolve_close,
+    connection_lifecycle,
     encode_10k_series
 );
 criterion_main!(benches);

@@ -1,14 +1,16 @@
 //! The 23 labels of Istio's TCP metrics, in Istio's order, and their typed values.
 
-use std::collections::hash_map::RandomState;
-use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 
-use crate::workload::{DestinationService, Workload, DEFAULT_REVISION};
+use crate::workload::{DestinationService, Workload};
+
+mod parts;
+
+use parts::{pair_hash, Digest, EnumHashes, Name, Service, Side, SERVICE_LABELS, SIDE_LABELS};
 
 /// The value printed for anything not known.
 pub const UNKNOWN: &str = "unknown";
@@ -233,28 +235,14 @@ tcp_labels! {
 /// remove standard labels, replace their values and append extra labels; equality and
 /// hashing follow what is printed, so connections that differ only in a removed label
 /// share one series.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TcpLabels {
     reporter: Reporter,
-    source_workload: LabelValue,
-    source_canonical_service: LabelValue,
-    source_canonical_revision: LabelValue,
-    source_workload_namespace: LabelValue,
-    source_principal: LabelValue,
-    source_app: LabelValue,
-    source_version: LabelValue,
-    source_cluster: LabelValue,
-    destination_workload: LabelValue,
-    destination_workload_namespace: LabelValue,
-    destination_principal: LabelValue,
-    destination_app: LabelValue,
-    destination_version: LabelValue,
-    destination_service: LabelValue,
-    destination_canonical_service: LabelValue,
-    destination_canonical_revision: LabelValue,
-    destination_service_name: LabelValue,
-    destination_service_namespace: LabelValue,
-    destination_cluster: LabelValue,
+    // The workload and service values are shared by every label set built from equal
+    // inputs, so building and dropping one allocates nothing on a busy route.
+    source: Arc<Side>,
+    destination: Arc<Side>,
+    service: Arc<Service>,
     request_protocol: RequestProtocol,
     response_flags: ResponseFlags,
     connection_security_policy: SecurityPolicy,
@@ -262,23 +250,45 @@ pub struct TcpLabels {
     removed: u32,
     /// Overridden standard values and extra labels, sorted by name, unique.
     custom: Option<Arc<[CustomLabel]>>,
-    /// Pod labels of both workloads, for overrides that read them. Not part of the
-    /// series identity, and dropped from the keys stored in a metric family.
-    workload_labels: Option<Arc<WorkloadLabels>>,
     /// Hash of the printed labels, computed whenever they change: a family lookup
     /// per metric then hashes one word instead of 46 strings.
     digest: u64,
 }
 
-/// Pod labels of the two ends of a connection.
-#[derive(Debug, Default)]
-pub(crate) struct WorkloadLabels {
-    pub(crate) source: BTreeMap<String, String>,
-    pub(crate) destination: BTreeMap<String, String>,
-}
-
 /// A label set by tag overrides: name and value.
 type CustomLabel = (Arc<str>, LabelValue);
+
+/// Where the standard value of a label lives.
+#[derive(Clone, Copy)]
+enum Slot {
+    Reporter,
+    Source(usize),
+    Destination(usize),
+    Service(usize),
+    RequestProtocol,
+    ResponseFlags,
+    SecurityPolicy,
+}
+
+/// [`Slot`] of each [`TcpLabel`], by position.
+const SLOTS: [Slot; 23] = {
+    let mut slots = [Slot::Reporter; 23];
+    let mut i = 0;
+    while i < 8 {
+        slots[SIDE_LABELS[0][i] as usize] = Slot::Source(i);
+        slots[SIDE_LABELS[1][i] as usize] = Slot::Destination(i);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 3 {
+        slots[SERVICE_LABELS[i] as usize] = Slot::Service(i);
+        i += 1;
+    }
+    slots[TcpLabel::RequestProtocol as usize] = Slot::RequestProtocol;
+    slots[TcpLabel::ResponseFlags as usize] = Slot::ResponseFlags;
+    slots[TcpLabel::ConnectionSecurityPolicy as usize] = Slot::SecurityPolicy;
+    slots
+};
 
 impl TcpLabels {
     /// Starts a label set for the given reporter.
@@ -339,43 +349,81 @@ impl TcpLabels {
     }
 
     fn rehash(&mut self) {
-        // Keyed per process, so peers cannot pick colliding label values.
-        static KEYS: OnceLock<RandomState> = OnceLock::new();
-        let mut h = KEYS.get_or_init(RandomState::new).build_hasher();
-        for (k, v) in self.iter() {
-            k.hash(&mut h);
-            v.hash(&mut h);
+        // The same printed labels always hash alike, whatever path built them: the
+        // standard case takes the precomputed share of each label.
+        let mut d = Digest::new();
+        if self.custom.is_none() {
+            let enums = EnumHashes::get();
+            for l in TcpLabel::ALL {
+                if self.removed & l.bit() != 0 {
+                    continue;
+                }
+                d = d.add(match SLOTS[l as usize] {
+                    Slot::Reporter => enums.reporter[self.reporter as usize],
+                    Slot::Source(i) => self.source.hash(false, i),
+                    Slot::Destination(i) => self.destination.hash(true, i),
+                    Slot::Service(i) => self.service.hash(i),
+                    Slot::RequestProtocol => enums.request_protocol,
+                    Slot::ResponseFlags => enums.response_flags[self.response_flags as usize],
+                    Slot::SecurityPolicy => {
+                        enums.security_policy[self.connection_security_policy as usize]
+                    }
+                });
+            }
+        } else {
+            for (k, v) in self.iter() {
+                let name = TcpLabel::from_name(k).map_or(Name::Extra(k), Name::Standard);
+                d = d.add(pair_hash(name, v));
+            }
         }
-        self.digest = h.finish();
+        self.digest = d.finish();
+    }
+
+    /// Every standard value, ignoring overrides, indexed by [`TcpLabel`].
+    fn standard_values(&self) -> [&str; 23] {
+        // Spelled out (the order of `SLOTS`): a scrape calls this once per series.
+        let (s, d, v) = (
+            &self.source.values,
+            &self.destination.values,
+            &self.service.values,
+        );
+        [
+            self.reporter.as_str(),
+            s[0].as_str(),
+            s[1].as_str(),
+            s[2].as_str(),
+            s[3].as_str(),
+            s[4].as_str(),
+            s[5].as_str(),
+            s[6].as_str(),
+            s[7].as_str(),
+            d[0].as_str(),
+            d[3].as_str(),
+            d[4].as_str(),
+            d[5].as_str(),
+            d[6].as_str(),
+            v[0].as_str(),
+            d[1].as_str(),
+            d[2].as_str(),
+            v[1].as_str(),
+            v[2].as_str(),
+            d[7].as_str(),
+            self.request_protocol.as_str(),
+            self.response_flags.as_str(),
+            self.connection_security_policy.as_str(),
+        ]
     }
 
     /// The standard value of a label, ignoring overrides.
     pub fn standard(&self, label: TcpLabel) -> &str {
-        use TcpLabel as L;
-        match label {
-            L::Reporter => self.reporter.as_str(),
-            L::SourceWorkload => self.source_workload.as_str(),
-            L::SourceCanonicalService => self.source_canonical_service.as_str(),
-            L::SourceCanonicalRevision => self.source_canonical_revision.as_str(),
-            L::SourceWorkloadNamespace => self.source_workload_namespace.as_str(),
-            L::SourcePrincipal => self.source_principal.as_str(),
-            L::SourceApp => self.source_app.as_str(),
-            L::SourceVersion => self.source_version.as_str(),
-            L::SourceCluster => self.source_cluster.as_str(),
-            L::DestinationWorkload => self.destination_workload.as_str(),
-            L::DestinationWorkloadNamespace => self.destination_workload_namespace.as_str(),
-            L::DestinationPrincipal => self.destination_principal.as_str(),
-            L::DestinationApp => self.destination_app.as_str(),
-            L::DestinationVersion => self.destination_version.as_str(),
-            L::DestinationService => self.destination_service.as_str(),
-            L::DestinationCanonicalService => self.destination_canonical_service.as_str(),
-            L::DestinationCanonicalRevision => self.destination_canonical_revision.as_str(),
-            L::DestinationServiceName => self.destination_service_name.as_str(),
-            L::DestinationServiceNamespace => self.destination_service_namespace.as_str(),
-            L::DestinationCluster => self.destination_cluster.as_str(),
-            L::RequestProtocol => self.request_protocol.as_str(),
-            L::ResponseFlags => self.response_flags.as_str(),
-            L::ConnectionSecurityPolicy => self.connection_security_policy.as_str(),
+        match SLOTS[label as usize] {
+            Slot::Reporter => self.reporter.as_str(),
+            Slot::Source(i) => self.source.values[i].as_str(),
+            Slot::Destination(i) => self.destination.values[i].as_str(),
+            Slot::Service(i) => self.service.values[i].as_str(),
+            Slot::RequestProtocol => self.request_protocol.as_str(),
+            Slot::ResponseFlags => self.response_flags.as_str(),
+            Slot::SecurityPolicy => self.connection_security_policy.as_str(),
         }
     }
 
@@ -410,18 +458,12 @@ impl TcpLabels {
     /// A pod label of the source (`source == true`) or destination workload, as given
     /// to the builder.
     pub(crate) fn workload_label(&self, source: bool, key: &str) -> Option<&str> {
-        let w = self.workload_labels.as_deref()?;
-        let map = if source { &w.source } else { &w.destination };
-        map.get(key).map(String::as_str).filter(|v| !v.is_empty())
-    }
-
-    /// The same series identity without the captured workload labels, to keep the
-    /// keys a metric family stores small.
-    pub(crate) fn series_key(&self) -> Self {
-        Self {
-            workload_labels: None,
-            ..self.clone()
-        }
+        let side = if source {
+            &self.source
+        } else {
+            &self.destination
+        };
+        side.workload.label(key)
     }
 
     /// Applies overrides: removes the given standard labels and sets the given values
@@ -456,9 +498,39 @@ impl TcpLabels {
     }
 }
 
+impl fmt::Debug for TcpLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
 impl PartialEq for TcpLabels {
     fn eq(&self, other: &Self) -> bool {
-        self.digest == other.digest && self.iter().eq(other.iter())
+        if self.digest != other.digest {
+            return false;
+        }
+        if self.custom.is_none() && other.custom.is_none() {
+            // Without overrides the printed labels are the standard ones not removed:
+            // compare the values in place instead of walking the printed pairs.
+            if self.removed != other.removed {
+                return false;
+            }
+            if Arc::ptr_eq(&self.source, &other.source)
+                && Arc::ptr_eq(&self.destination, &other.destination)
+                && Arc::ptr_eq(&self.service, &other.service)
+                && self.reporter == other.reporter
+                && self.request_protocol == other.request_protocol
+                && self.response_flags == other.response_flags
+                && self.connection_security_policy == other.connection_security_policy
+            {
+                return true;
+            }
+            let (a, b) = (self.standard_values(), other.standard_values());
+            return TcpLabel::ALL
+                .into_iter()
+                .all(|l| self.removed & l.bit() != 0 || a[l as usize] == b[l as usize]);
+        }
+        self.iter().eq(other.iter())
     }
 }
 
@@ -472,13 +544,26 @@ impl Hash for TcpLabels {
 
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
-        for (name, value) in self.iter() {
+        let mut one = |name: &str, value: &str| -> Result<(), fmt::Error> {
             let mut label = encoder.encode_label();
             let mut key = label.encode_label_key()?;
             prometheus_client::encoding::EncodeLabelKey::encode(&name, &mut key)?;
             let mut val = key.encode_label_value()?;
             EncodeLabelValue::encode(&value, &mut val)?;
-            val.finish()?;
+            val.finish()
+        };
+        if self.custom.is_none() {
+            // The common case, without the general walk's lookups.
+            let values = self.standard_values();
+            for l in TcpLabel::ALL {
+                if self.removed & l.bit() == 0 {
+                    one(l.as_str(), values[l as usize])?;
+                }
+            }
+            return Ok(());
+        }
+        for (name, value) in self.iter() {
+            one(name, value)?;
         }
         Ok(())
     }
@@ -496,35 +581,17 @@ pub struct TcpLabelsBuilder {
 
 impl TcpLabelsBuilder {
     fn new(reporter: Reporter) -> Self {
-        let latest = LabelValue::from(DEFAULT_REVISION);
         Self {
             labels: TcpLabels {
                 reporter,
-                source_workload: LabelValue::unknown(),
-                source_canonical_service: LabelValue::unknown(),
-                source_canonical_revision: latest.clone(),
-                source_workload_namespace: LabelValue::unknown(),
-                source_principal: LabelValue::unknown(),
-                source_app: LabelValue::unknown(),
-                source_version: LabelValue::unknown(),
-                source_cluster: LabelValue::unknown(),
-                destination_workload: LabelValue::unknown(),
-                destination_workload_namespace: LabelValue::unknown(),
-                destination_principal: LabelValue::unknown(),
-                destination_app: LabelValue::unknown(),
-                destination_version: LabelValue::unknown(),
-                destination_service: LabelValue::unknown(),
-                destination_canonical_service: LabelValue::unknown(),
-                destination_canonical_revision: latest,
-                destination_service_name: LabelValue::unknown(),
-                destination_service_namespace: LabelValue::unknown(),
-                destination_cluster: LabelValue::unknown(),
+                source: Side::unknown(),
+                destination: Side::unknown(),
+                service: Service::unknown(),
                 request_protocol: RequestProtocol::Tcp,
                 response_flags: ResponseFlags::None,
                 connection_security_policy: SecurityPolicy::Unknown,
                 removed: 0,
                 custom: None,
-                workload_labels: None,
                 digest: 0,
             },
         }
@@ -532,55 +599,19 @@ impl TcpLabelsBuilder {
 
     /// The connecting (client) workload.
     pub fn source(mut self, w: &Workload) -> Self {
-        let l = &mut self.labels;
-        l.source_workload = non_empty(&w.name);
-        l.source_canonical_service = w.canonical_service().into();
-        l.source_canonical_revision = w.canonical_revision().into();
-        l.source_workload_namespace = w.namespace().into();
-        l.source_principal = w.principal().into();
-        l.source_app = w.app().into();
-        l.source_version = w.version().into();
-        l.source_cluster = non_empty(&w.cluster);
-        self.capture(|c| c.source = w.labels.clone());
+        self.labels.source = Side::of(w);
         self
     }
 
     /// The server workload.
     pub fn destination(mut self, w: &Workload) -> Self {
-        let l = &mut self.labels;
-        l.destination_workload = non_empty(&w.name);
-        l.destination_canonical_service = w.canonical_service().into();
-        l.destination_canonical_revision = w.canonical_revision().into();
-        l.destination_workload_namespace = w.namespace().into();
-        l.destination_principal = w.principal().into();
-        l.destination_app = w.app().into();
-        l.destination_version = w.version().into();
-        l.destination_cluster = non_empty(&w.cluster);
-        self.capture(|c| c.destination = w.labels.clone());
+        self.labels.destination = Side::of(w);
         self
-    }
-
-    fn capture(&mut self, f: impl FnOnce(&mut WorkloadLabels)) {
-        let slot = &mut self.labels.workload_labels;
-        let mut w = slot
-            .take()
-            .map(|a| {
-                Arc::try_unwrap(a).unwrap_or_else(|a| WorkloadLabels {
-                    source: a.source.clone(),
-                    destination: a.destination.clone(),
-                })
-            })
-            .unwrap_or_default();
-        f(&mut w);
-        *slot = Some(Arc::new(w));
     }
 
     /// The service the client addressed.
     pub fn destination_service(mut self, s: &DestinationService) -> Self {
-        let l = &mut self.labels;
-        l.destination_service = non_empty(&s.fqdn);
-        l.destination_service_name = non_empty(&s.name);
-        l.destination_service_namespace = non_empty(&s.namespace);
+        self.labels.service = Service::of(s);
         self
     }
 
@@ -606,160 +637,5 @@ impl TcpLabelsBuilder {
     }
 }
 
-fn non_empty(s: &str) -> LabelValue {
-    LabelValue::from(s)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enum_strings() {
-        assert_eq!(Reporter::Source.to_string(), "source");
-        assert_eq!(Reporter::Destination.to_string(), "destination");
-        assert_eq!(SecurityPolicy::MutualTls.to_string(), "mutual_tls");
-        assert_eq!(SecurityPolicy::None.to_string(), "none");
-        assert_eq!(SecurityPolicy::Unknown.to_string(), "unknown");
-        let flags: Vec<_> = [
-            ResponseFlags::None,
-            ResponseFlags::UpstreamConnectionFailure,
-            ResponseFlags::NoHealthyUpstream,
-            ResponseFlags::UpstreamOverflow,
-            ResponseFlags::UpstreamRetryLimitExceeded,
-            ResponseFlags::NoClusterFound,
-            ResponseFlags::DurationTimeout,
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        assert_eq!(flags, ["-", "UF", "UH", "UO", "URX", "NC", "DT"]);
-        assert_eq!(RequestProtocol::Tcp.to_string(), "tcp");
-    }
-
-    #[test]
-    fn label_names_in_istio_order() {
-        let names: Vec<_> = TcpLabel::ALL.iter().map(|l| l.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "reporter",
-                "source_workload",
-                "source_canonical_service",
-                "source_canonical_revision",
-                "source_workload_namespace",
-                "source_principal",
-                "source_app",
-                "source_version",
-                "source_cluster",
-                "destination_workload",
-                "destination_workload_namespace",
-                "destination_principal",
-                "destination_app",
-                "destination_version",
-                "destination_service",
-                "destination_canonical_service",
-                "destination_canonical_revision",
-                "destination_service_name",
-                "destination_service_namespace",
-                "destination_cluster",
-                "request_protocol",
-                "response_flags",
-                "connection_security_policy",
-            ]
-        );
-        for l in TcpLabel::ALL {
-            assert_eq!(TcpLabel::from_name(l.as_str()), Some(l));
-        }
-    }
-
-    #[test]
-    fn all_unknown_defaults() {
-        let labels = TcpLabels::builder(Reporter::Destination).build();
-        let printed: Vec<_> = labels.iter().collect();
-        assert_eq!(printed.len(), 23);
-        for (k, v) in printed {
-            let want = match k {
-                "reporter" => "destination",
-                "source_canonical_revision" | "destination_canonical_revision" => "latest",
-                "request_protocol" => "tcp",
-                "response_flags" => "-",
-                _ => "unknown",
-            };
-            assert_eq!(v, want, "{k}");
-        }
-    }
-
-    #[test]
-    fn source_reporter_policy_is_unknown() {
-        let l = TcpLabels::builder(Reporter::Source)
-            .security_policy(SecurityPolicy::MutualTls)
-            .build();
-        assert_eq!(l.get("connection_security_policy"), Some("unknown"));
-        let l = TcpLabels::builder(Reporter::Destination)
-            .security_policy(SecurityPolicy::None)
-            .build();
-        assert_eq!(l.get("connection_security_policy"), Some("none"));
-    }
-
-    #[test]
-    fn overrides_change_identity() {
-        let a = TcpLabels::builder(Reporter::Source)
-            .source(&Workload {
-                name: "a".into(),
-                ..Workload::default()
-            })
-            .build();
-        let b = TcpLabels::builder(Reporter::Source)
-            .source(&Workload {
-                name: "b".into(),
-                ..Workload::default()
-            })
-            .build();
-        assert_ne!(a, b);
-        let strip = |l: TcpLabels| {
-            l.customized(
-                [TcpLabel::SourceWorkload, TcpLabel::SourceCanonicalService],
-                [],
-            )
-        };
-        let (a, b) = (strip(a), strip(b));
-        assert_eq!(a, b);
-        let set: std::collections::HashSet<_> = [a.clone(), b.clone()].into_iter().collect();
-        assert_eq!(set.len(), 1);
-        assert_eq!(a.get("source_workload"), None);
-        assert_eq!(a.iter().count(), 21);
-
-        let extra = a.clone().customized(
-            [],
-            [
-                (Arc::from("zone"), LabelValue::from("z1")),
-                (Arc::from("reporter"), LabelValue::from("custom")),
-                (Arc::from("role"), LabelValue::from("client")),
-            ],
-        );
-        let printed: Vec<_> = extra.iter().collect();
-        assert_eq!(printed[0], ("reporter", "custom"));
-        assert_eq!(
-            printed[printed.len() - 2..],
-            [("role", "client"), ("zone", "z1")]
-        );
-        assert_ne!(extra, a);
-        let set: std::collections::HashSet<_> = [a.clone(), extra.clone()].into_iter().collect();
-        assert_eq!(set.len(), 2);
-        assert_eq!(
-            a.clone()
-                .with_response_flags(ResponseFlags::DurationTimeout),
-            b.clone()
-                .with_response_flags(ResponseFlags::DurationTimeout)
-        );
-        assert_ne!(
-            a.clone()
-                .with_response_flags(ResponseFlags::DurationTimeout),
-            a
-        );
-        // Bringing a removed label back restores it in its standard position.
-        let back = extra.customized([], [(Arc::from("source_workload"), LabelValue::from("x"))]);
-        assert_eq!(back.iter().nth(1), Some(("source_workload", "x")));
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 //! reporting tick that flushes them.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -31,7 +32,7 @@ pub struct TcpMetrics {
 #[derive(Debug)]
 struct Inner {
     families: [Family<TcpLabels, Counter>; 4],
-    overrides: RwLock<Arc<TagOverrides>>,
+    handles: RwLock<HandleCache>,
     table: ConnectionTable,
     // Read once per accepted connection, never on the copy path.
     enabled: AtomicBool,
@@ -75,7 +76,7 @@ impl TcpMetrics {
         Self {
             inner: Arc::new(Inner {
                 families,
-                overrides: RwLock::new(Arc::new(TagOverrides::none())),
+                handles: RwLock::new(HandleCache::new(Arc::new(TagOverrides::none()))),
                 table: ConnectionTable::default(),
                 enabled: AtomicBool::new(true),
             }),
@@ -114,20 +115,27 @@ impl TcpMetrics {
     /// Replaces the Telemetry API overrides. Connections resolved from now on use them;
     /// live connections keep the series they resolved to.
     pub fn set_overrides(&self, overrides: TagOverrides) {
-        *self
-            .inner
-            .overrides
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(overrides);
+        *self.write_handles() = HandleCache::new(Arc::new(overrides));
     }
 
     /// The overrides in effect.
     pub fn overrides(&self) -> Arc<TagOverrides> {
+        self.read_handles().overrides.clone()
+    }
+
+    fn read_handles(&self) -> std::sync::RwLockReadGuard<'_, HandleCache> {
+        // Every write leaves the cache consistent (one assignment or insert).
         self.inner
-            .overrides
+            .handles
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    }
+
+    fn write_handles(&self) -> std::sync::RwLockWriteGuard<'_, HandleCache> {
+        self.inner
+            .handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds the bytes every live, resolved connection moved since the last flush.
@@ -143,9 +151,34 @@ impl TcpMetrics {
         self.inner.table.len()
     }
 
-    /// Fetches the counter handles of a label set (one family lookup per metric).
-    pub(crate) fn handles(&self, labels: &TcpLabels) -> Handles {
-        let overrides = self.overrides();
+    /// The counter handles of a label set: from the cache when a connection with the
+    /// same labels came before under the same overrides, else one family lookup per
+    /// metric.
+    pub(crate) fn handles(&self, labels: &TcpLabels) -> Arc<Handles> {
+        let overrides = {
+            let cache = self.read_handles();
+            if let Some(h) = cache.map.get(labels) {
+                return h.clone();
+            }
+            cache.overrides.clone()
+        };
+        let handles = Arc::new(self.lookup_handles(&overrides, labels));
+        // Overrides that read pod labels can map equal label sets to different
+        // series, so those results are not shared.
+        if !overrides.reads_workload_labels() {
+            let mut cache = self.write_handles();
+            // Not if the overrides changed meanwhile: the handles follow the old ones.
+            if Arc::ptr_eq(&cache.overrides, &overrides) {
+                if cache.map.len() >= HANDLE_CACHE_CAPACITY {
+                    cache.map.clear();
+                }
+                cache.map.insert(labels.clone(), handles.clone());
+            }
+        }
+        handles
+    }
+
+    fn lookup_handles(&self, overrides: &TagOverrides, labels: &TcpLabels) -> Handles {
         let get = |m: TcpMetric| -> Option<Counter> {
             let o = overrides.metric(m);
             if o.disabled {
@@ -153,9 +186,9 @@ impl TcpMetrics {
             }
             let family = &self.inner.families[m as usize];
             Some(if o.tags.is_empty() {
-                counter(family, labels)
+                family.get_or_create_owned(labels)
             } else {
-                counter(family, &o.apply(labels))
+                family.get_or_create_owned(&o.apply(labels))
             })
         };
         Handles {
@@ -174,7 +207,7 @@ impl TcpMetrics {
             return None;
         }
         let family = &self.inner.families[TcpMetric::ClosedConnections as usize];
-        Some(counter(family, &o.apply(labels)))
+        Some(family.get_or_create_owned(&o.apply(labels)))
     }
 
     pub(crate) fn table(&self) -> &ConnectionTable {
@@ -182,20 +215,54 @@ impl TcpMetrics {
     }
 }
 
-/// The series of `labels` in `family`: a read-locked lookup when it exists, else
-/// inserted under a key without the captured workload labels.
-fn counter(family: &Family<TcpLabels, Counter>, labels: &TcpLabels) -> Counter {
-    if let Some(c) = family.get(labels) {
-        return c.clone();
+/// Label sets whose handles are kept; past it the cache starts over (the families
+/// keep their series, so that only costs lookups).
+const HANDLE_CACHE_CAPACITY: usize = 16_384;
+
+/// The overrides in effect and the counter handles resolved under them, so that
+/// connections of a known label set skip the four family lookups.
+#[derive(Debug)]
+struct HandleCache {
+    overrides: Arc<TagOverrides>,
+    map: HashMap<TcpLabels, Arc<Handles>, BuildHasherDefault<WordHasher>>,
+}
+
+impl HandleCache {
+    fn new(overrides: Arc<TagOverrides>) -> Self {
+        Self {
+            overrides,
+            map: HashMap::default(),
+        }
     }
-    family.get_or_create_owned(&labels.series_key())
+}
+
+/// Hashes the single word a key writes: a label set's digest (already a keyed
+/// hash) or a connection id. Multiplying spreads sequential ids over all bits, which
+/// the table's probing needs; SipHash would only cost time here.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The live, resolved connections, keyed by a process-unique id.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionTable {
     next_id: AtomicU64,
-    live: Mutex<HashMap<u64, Arc<ByteCounters>>>,
+    live: Mutex<HashMap<u64, Arc<ByteCounters>, BuildHasherDefault<WordHasher>>>,
 }
 
 impl ConnectionTable {
@@ -221,7 +288,10 @@ impl ConnectionTable {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ByteCounters>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ByteCounters>, BuildHasherDefault<WordHasher>>>
+    {
         // A panic elsewhere while holding the lock leaves the map consistent
         // (single insert/remove calls), so keep serving it.
         self.live.lock().unwrap_or_else(PoisonError::into_inner)

@@ -22,7 +22,7 @@ pub struct ByteCounters {
     // `fetch_max` so a flush racing the final flush at close never double-counts.
     reported_received: AtomicU64,
     reported_sent: AtomicU64,
-    counters: OnceLock<(Option<Counter>, Option<Counter>)>,
+    counters: OnceLock<Arc<Handles>>,
 }
 
 impl ByteCounters {
@@ -50,11 +50,11 @@ impl ByteCounters {
 
     /// Adds what was moved since the last flush to the resolved counters.
     pub(crate) fn flush(&self) {
-        let Some((sent, received)) = self.counters.get() else {
+        let Some(h) = self.counters.get() else {
             return;
         };
-        flush_one(&self.received, &self.reported_received, received.as_ref());
-        flush_one(&self.sent, &self.reported_sent, sent.as_ref());
+        flush_one(&self.received, &self.reported_received, h.received.as_ref());
+        flush_one(&self.sent, &self.reported_sent, h.sent.as_ref());
     }
 }
 
@@ -75,7 +75,7 @@ enum State {
     /// Labels known, `opened` counted, bytes flowing into series.
     Resolved {
         labels: TcpLabels,
-        closed: Option<Counter>,
+        handles: Arc<Handles>,
     },
 }
 
@@ -153,26 +153,21 @@ impl ConnectionRecorder {
     /// an effect; the connection's series never change afterwards.
     pub fn resolve(&mut self, labels: TcpLabels) {
         if let Some(State::Pending(_)) = self.state {
-            let closed = self.activate(&labels);
+            let handles = self.activate(&labels);
             self.metrics.table().insert(self.id, self.bytes.clone());
-            self.state = Some(State::Resolved { labels, closed });
+            self.state = Some(State::Resolved { labels, handles });
         }
     }
 
     /// Fetches the counter handles once, counts `opened`, arms the byte counters.
-    fn activate(&self, labels: &TcpLabels) -> Option<Counter> {
-        let Handles {
-            opened,
-            closed,
-            sent,
-            received,
-        } = self.metrics.handles(labels);
-        if let Some(c) = opened {
+    fn activate(&self, labels: &TcpLabels) -> Arc<Handles> {
+        let handles = self.metrics.handles(labels);
+        if let Some(c) = &handles.opened {
             c.inc();
         }
         // Set only here, and `activate` runs once per recorder.
-        let _ = self.bytes.counters.set((sent, received));
-        closed
+        let _ = self.bytes.counters.set(handles.clone());
+        handles
     }
 
     /// Ends the connection: final byte flush and `closed`, once. `flags` are the
@@ -189,15 +184,15 @@ impl ConnectionRecorder {
                     Some(f) => fallback.with_response_flags(f),
                     None => fallback,
                 };
-                self.activate(&labels)
+                self.activate(&labels).closed.clone()
             }
-            Some(State::Resolved { labels, closed }) => {
+            Some(State::Resolved { labels, handles }) => {
                 self.metrics.table().remove(self.id);
                 match flags {
                     Some(f) if f != labels.response_flags() => {
                         self.metrics.closed_counter(&labels.with_response_flags(f))
                     }
-                    _ => closed,
+                    _ => handles.closed.clone(),
                 }
             }
         };

@@ -371,3 +371,78 @@ fn disabled_reports_nothing_and_reenabled_counts_again() {
     r.close(None);
     assert_eq!(totals(&registry), (2.0, 2.0, 6.0, 6.0));
 }
+
+/// Repeat connections of a label set reuse its counters; changing the overrides
+/// sends later connections to the new series and leaves earlier ones alone.
+#[test]
+fn repeat_connections_follow_override_changes() {
+    let (registry, metrics) = setup();
+    let run = |n: u64| {
+        for _ in 0..n {
+            let mut r = metrics.recorder(fallback());
+            r.resolve(resolved());
+            r.byte_counters().add_received(3);
+            r.close(None);
+        }
+    };
+    run(3);
+    let mut o = TagOverrides::none();
+    o.set_tag(
+        None,
+        "role",
+        TagOperation::Upsert(TagValue::Literal("client".into())),
+    );
+    metrics.set_overrides(o);
+    run(2);
+    metrics.set_overrides(TagOverrides::none());
+    run(1);
+    let p = Parsed::scrape(&registry);
+    let opened = p.find(OPENED, &[]);
+    let mut by_role: Vec<_> = opened
+        .iter()
+        .map(|s| (s.label("role").map(str::to_owned), s.value))
+        .collect();
+    by_role.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(by_role, [(None, 4.0), (Some("client".to_owned()), 2.0)]);
+    assert_eq!(p.sum(RECEIVED), 18.0);
+    assert_eq!(p.sum(CLOSED), 6.0);
+}
+
+/// With an override reading pod labels, label sets that print alike but come from
+/// workloads with different pod labels still land in their own series.
+#[test]
+fn pod_label_overrides_are_not_shared_between_equal_label_sets() {
+    let (registry, metrics) = setup();
+    let mut o = TagOverrides::none();
+    o.set_tag(
+        Some(TcpMetric::OpenedConnections),
+        "role",
+        TagOperation::Upsert(TagValue::DestinationLabel("role".into())),
+    );
+    metrics.set_overrides(o);
+    for role in ["a", "b", "a"] {
+        let mut server = workload("server");
+        server.labels.insert("role".into(), role.into());
+        let mut r = metrics.recorder(fallback());
+        r.resolve(TcpLabels::outbound(
+            &workload("client"),
+            &server,
+            &DestinationService::from_fqdn("server.default.svc.cluster.local"),
+            ResponseFlags::None,
+        ));
+        r.close(None);
+    }
+    let p = Parsed::scrape(&registry);
+    let mut by_role: Vec<_> = p
+        .find(OPENED, &[])
+        .iter()
+        .map(|s| (s.label("role").map(str::to_owned), s.value))
+        .collect();
+    by_role.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by_role,
+        [(Some("a".to_owned()), 2.0), (Some("b".to_owned()), 1.0)]
+    );
+    assert_eq!(p.find(CLOSED, &[]).len(), 1);
+    assert_eq!(p.sum(CLOSED), 3.0);
+}
