@@ -105,11 +105,17 @@ impl LocalNode {
         &self.frame
     }
 
-    /// The local side of the metrics; `principal` only under mTLS.
-    pub fn workload(&self, principal: Option<&str>) -> telemetry::Workload {
-        let mut w = self.workload.clone();
-        w.principal = principal.map(str::to_owned);
-        w
+    /// The local side of the metrics; `principal` only under mTLS. Borrowed without
+    /// one: a plaintext connection then holds no copy of the pod's labels for its life.
+    pub fn workload(&self, principal: Option<&str>) -> std::borrow::Cow<'_, telemetry::Workload> {
+        match principal {
+            None => std::borrow::Cow::Borrowed(&self.workload),
+            Some(p) => {
+                let mut w = self.workload.clone();
+                w.principal = Some(p.to_owned());
+                std::borrow::Cow::Owned(w)
+            }
+        }
     }
 }
 
