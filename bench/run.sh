@@ -96,6 +96,10 @@ if [ -z "$WEIR_BIN" ]; then
 fi
 [ -x "$WEIR_BIN" ] || die "--weir-bin $WEIR_BIN is not an executable"
 WEIR_BIN="$(cd "$(dirname "$WEIR_BIN")" && pwd)/$(basename "$WEIR_BIN")"
+# Proxies run as sidecars do: `weir-proxy` (the data plane alone) when it was built
+# beside weir, else `weir proxy`.
+PROXY=("$WEIR_BIN" proxy)
+[ -x "$(dirname "$WEIR_BIN")/weir-proxy" ] && PROXY=("$(dirname "$WEIR_BIN")/weir-proxy")
 if [ -z "$LOADGEN_BIN" ]; then
   log "building bench/loadgen (release)"
   CARGO_TARGET_DIR="$TARGET_DIR/bench-loadgen" cargo build --release --quiet \
@@ -249,7 +253,7 @@ fi
 # Telemetry off: `weir proxy forward --no-telemetry` and `telemetry: {enabled: false}`
 # in a sidecar configuration, when this binary has them.
 NOTEL_FORWARD=0 NOTEL_SIDECAR=0
-"$WEIR_BIN" proxy forward --help 2>/dev/null | grep -q -- '--no-telemetry' && NOTEL_FORWARD=1
+"${PROXY[@]}" forward --help 2>/dev/null | grep -q -- '--no-telemetry' && NOTEL_FORWARD=1
 
 # sidecar_config SIDE PORT TLS TELEMETRY > file
 sidecar_config() {
@@ -298,7 +302,7 @@ EOF
 }
 
 sidecar_config client "$ECHO_PORT" plain off >"$WORK/notel-probe.yaml"
-"$WEIR_BIN" proxy --config "$WORK/notel-probe.yaml" --check >/dev/null 2>&1 && NOTEL_SIDECAR=1
+"${PROXY[@]}" --config "$WORK/notel-probe.yaml" --check >/dev/null 2>&1 && NOTEL_SIDECAR=1
 
 ALL_VARIANTS=(direct haproxy-copy haproxy-splice weir-forward)
 [ "$NOTEL_FORWARD" = 1 ] && ALL_VARIANTS+=(weir-forward-notel)
@@ -347,7 +351,7 @@ start_variant() {
     weir-forward|weir-forward-notel)
       local extra=()
       [ "$v" = weir-forward-notel ] && extra=(--no-telemetry)
-      spawn "$NS_P" "$CPU_PROXY" "$logf" "$WEIR_BIN" proxy forward \
+      spawn "$NS_P" "$CPU_PROXY" "$logf" "${PROXY[@]}" forward \
         --listen "$P_IP_C:$port" --upstream "$S_IP:$port" \
         --workload client --namespace bench --label app=client --service server \
         --stats 127.0.0.1:15090 --admin 127.0.0.1:15000 --readiness 127.0.0.1:15021 \
@@ -362,11 +366,11 @@ start_variant() {
       [[ "$v" == *notel ]] && tel=off
       sidecar_config server "$port" "$tls" "$tel" >"$WORK/$v-$port-server.yaml"
       sidecar_config client "$port" "$tls" "$tel" >"$WORK/$v-$port-client.yaml"
-      spawn "$NS_S" "$CPU_PROXY" "$logf.server" "$WEIR_BIN" proxy --log-level warn \
+      spawn "$NS_S" "$CPU_PROXY" "$logf.server" "${PROXY[@]}" --log-level warn \
         --config "$WORK/$v-$port-server.yaml"
       VPIDS=("$SPAWNED")
       wait_listen "$NS_S" "$SIDECAR_IN_PORT" "$SPAWNED" "$logf.server" || return 1
-      spawn "$NS_C" "$CPU_PROXY" "$logf.client" "$WEIR_BIN" proxy --log-level warn \
+      spawn "$NS_C" "$CPU_PROXY" "$logf.client" "${PROXY[@]}" --log-level warn \
         --config "$WORK/$v-$port-client.yaml"
       VPIDS=("$SPAWNED" "${VPIDS[@]}")
       wait_listen "$NS_C" "$port" "$SPAWNED" "$logf.client" || return 1
@@ -537,7 +541,7 @@ wait_listen "$NS_S" "$CLOSE_PORT" "$LOADGEN_PID" "$WORK/loadgen-server.log" || d
 
 mode=full; [ "$SHORT" = 1 ] && mode=short
 log "$mode run: ${#VARIANTS[@]} variants x $REPEAT rounds, ${SECONDS_PER_TEST}s per test, $IDLE_COUNT idle connections"
-log "weir: $WEIR_BIN; telemetry-off switch: forward=$NOTEL_FORWARD sidecar=$NOTEL_SIDECAR"
+log "weir: $WEIR_BIN; proxies run as: ${PROXY[*]}; telemetry-off switch: forward=$NOTEL_FORWARD sidecar=$NOTEL_SIDECAR"
 START_TIME=$(date +%s)
 FAILED=()
 n="${#VARIANTS[@]}"

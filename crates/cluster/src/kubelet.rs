@@ -533,14 +533,15 @@ impl PodRun {
             env.push(("WEIR_LOG".into(), "info,hickory_server=warn".into()));
             Some(Launch {
                 netns: netns_name.to_owned(),
-                command: vec![
-                    self.cx.weir.display().to_string(),
-                    "proxy".into(),
-                    "--config".into(),
-                    file.display().to_string(),
-                    "--control-plane".into(),
-                    format!("{NODE_IP}:15012"),
-                ],
+                command: proxy_command(&self.cx.weir)
+                    .into_iter()
+                    .chain([
+                        "--config".into(),
+                        file.display().to_string(),
+                        "--control-plane".into(),
+                        format!("{NODE_IP}:15012"),
+                    ])
+                    .collect(),
                 env,
                 dir: dir.to_path_buf(),
                 log: dir.join("logs").join(format!("{SIDECAR}.log")),
@@ -674,5 +675,35 @@ fn container_record(name: &str, l: &Launch) -> ContainerRecord {
         ready: false,
         restarts: 0,
         last_exit: None,
+    }
+}
+
+/// How a sidecar is started: `weir-proxy` when it sits beside `weir` (the data plane
+/// alone, a smaller resident footprint per pod), else `weir proxy`.
+pub(crate) fn proxy_command(weir: &std::path::Path) -> Vec<String> {
+    let lean = weir.with_file_name("weir-proxy");
+    if lean.is_file() {
+        vec![lean.display().to_string()]
+    } else {
+        vec![weir.display().to_string(), "proxy".into()]
+    }
+}
+
+#[cfg(test)]
+mod proxy_command_tests {
+    use super::proxy_command;
+
+    #[test]
+    fn sidecars_use_weir_proxy_when_it_sits_beside_weir() {
+        let dir = tempfile::tempdir().unwrap();
+        let weir = dir.path().join("weir");
+        std::fs::write(&weir, "").unwrap();
+        assert_eq!(
+            proxy_command(&weir),
+            [weir.display().to_string(), "proxy".to_owned()]
+        );
+        let lean = dir.path().join("weir-proxy");
+        std::fs::write(&lean, "").unwrap();
+        assert_eq!(proxy_command(&weir), [lean.display().to_string()]);
     }
 }

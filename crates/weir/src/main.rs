@@ -1,8 +1,7 @@
 //! The `weir` command line: thin, delegating to the library crates.
 
 use clap::{Parser, Subcommand};
-
-mod cmd;
+use weir::cmd;
 
 /// weir: a TCP-telemetry service mesh, wire- and metric-compatible with Istio.
 #[derive(Parser, Debug)]
@@ -66,13 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Bookinfo(args) => cmd::cluster::bookinfo(args),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    weir::exit_code(result)
 }
 
 #[cfg(test)]
