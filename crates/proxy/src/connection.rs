@@ -308,7 +308,8 @@ pub struct MxRead<'a> {
     pub max_frame_len: usize,
     /// Frame time limit.
     pub timeout: Duration,
-    /// Called exactly once with the result (peer metadata or why it is unknown).
+    /// Called at most once with the result (peer metadata or why it is unknown); not
+    /// when the connection ends before the frame or its time limit.
     pub on_result: &'a mut (dyn FnMut(Option<mx::PeerMetadata>, Option<String>) + Send),
 }
 

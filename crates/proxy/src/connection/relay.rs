@@ -250,7 +250,9 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub(super) fn new(limits: PumpLimits) -> Option<Self> {
+    /// `bytes` as they stand now (a replayed request head is counted before the copy
+    /// starts): the idle clock starts from them.
+    pub(super) fn new(limits: PumpLimits, bytes: &ByteCounters) -> Option<Self> {
         if limits.idle_timeout.is_none() && limits.max_duration.is_none() {
             return None;
         }
@@ -261,7 +263,7 @@ impl Limits {
             sleep: Box::pin(tokio::time::sleep_until(first.unwrap_or(now))),
             idle: limits.idle_timeout,
             end_at,
-            last: (0, 0),
+            last: (bytes.received(), bytes.sent()),
             quiet_since: now,
         })
     }
@@ -314,6 +316,8 @@ pub(super) struct Relay<'a> {
     limits: Option<Limits>,
     cut: Pin<Box<WaitForCancellationFuture<'a>>>,
     log_ctx: &'a str,
+    /// Flips every poll: which direction goes first.
+    flip: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -331,15 +335,11 @@ impl<'a> Relay<'a> {
             request: Dir::default(),
             response: Dir::default(),
             bytes,
-            limits: Limits::new(limits),
+            limits: Limits::new(limits, bytes),
             cut: Box::pin(cut.cancelled()),
             log_ctx,
+            flip: false,
         }
-    }
-
-    /// Logs how a direction ended; true when the connection is over (an error).
-    fn ended(&self, end: CopyEnd, what: &str) -> bool {
-        log_end(self.log_ctx, end, what)
     }
 }
 
@@ -364,27 +364,8 @@ impl Future for Relay<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PumpEnd> {
         let this = self.get_mut();
-        if !this.request.done {
-            let bytes = this.bytes;
-            let count = |n| bytes.add_received(n);
-            if let Poll::Ready(end) = this.request.poll_move(cx, &this.down, &this.up, &count) {
-                if this.ended(end, "request") {
-                    return Poll::Ready(PumpEnd::Done);
-                }
-            }
-        }
-        if !this.response.done {
-            let bytes = this.bytes;
-            let count = |n| bytes.add_sent(n);
-            if let Poll::Ready(end) = this.response.poll_move(cx, &this.up, &this.down, &count) {
-                if this.ended(end, "response") {
-                    return Poll::Ready(PumpEnd::Done);
-                }
-            }
-        }
-        if this.request.done && this.response.done {
-            return Poll::Ready(PumpEnd::Done);
-        }
+        // The cut and the limits first: a bulk direction may use up the task's I/O
+        // budget, after which nothing polled later makes progress in this turn.
         if this.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(PumpEnd::Cut);
         }
@@ -392,6 +373,31 @@ impl Future for Relay<'_> {
             if let Poll::Ready(end) = limits.poll(cx, this.bytes) {
                 return Poll::Ready(end);
             }
+        }
+        // Which direction goes first alternates, so neither starves the other.
+        this.flip = !this.flip;
+        for request in [this.flip, !this.flip] {
+            let bytes = this.bytes;
+            let (dir, r, w, what, count): (_, _, _, _, &dyn Fn(u64)) = if request {
+                (&mut this.request, &this.down, &this.up, "request", &|n| {
+                    bytes.add_received(n)
+                })
+            } else {
+                (&mut this.response, &this.up, &this.down, "response", &|n| {
+                    bytes.add_sent(n)
+                })
+            };
+            if dir.done {
+                continue;
+            }
+            if let Poll::Ready(end) = dir.poll_move(cx, r, w, count) {
+                if log_end(this.log_ctx, end, what) {
+                    return Poll::Ready(PumpEnd::Done);
+                }
+            }
+        }
+        if this.request.done && this.response.done {
+            return Poll::Ready(PumpEnd::Done);
         }
         Poll::Pending
     }

@@ -360,3 +360,41 @@ fn an_open_plaintext_connection_reserves_little() {
         );
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serves_both_bulk_directions_and_its_limit_under_full_load() {
+    // Both ends write as fast as they can and read everything: neither direction may
+    // starve the other, and the duration limit still ends the connection.
+    let (client, downstream) = socket_pair().await;
+    let (upstream, server) = socket_pair().await;
+    let bytes = ByteCounters::default();
+    let cut = CancellationToken::new();
+    let limits = PumpLimits {
+        max_duration: Some(Duration::from_millis(500)),
+        idle_timeout: None,
+    };
+    let blast = |s: TcpStream| async move {
+        let (mut r, mut w) = s.into_split();
+        let chunk = vec![7u8; 256 * 1024];
+        let writer = async move { while w.write_all(&chunk).await.is_ok() {} };
+        let reader = async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        tokio::join!(writer, reader);
+    };
+    let run = async {
+        tokio::select! {
+            end = pump(downstream, upstream, &bytes, None, limits, &cut, "test") => end,
+            _ = async { tokio::join!(blast(client), blast(server)) } => panic!("the load stopped first"),
+        }
+    };
+    let end = tokio::time::timeout(LIMIT, run).await.expect("in time");
+    assert!(matches!(end, PumpEnd::DurationLimit), "{end:?}");
+    assert!(
+        bytes.received() > 1 << 20,
+        "request moved {}",
+        bytes.received()
+    );
+    assert!(bytes.sent() > 1 << 20, "response moved {}", bytes.sent());
+}

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::relay::Limits;
+use super::relay::{log_end, Limits};
 use super::{MxRead, PumpEnd, PumpLimits};
 use crate::copy::{give_buffer, take_buffer, CopyEnd};
 use crate::exchange::{self, ExchangeError, PeerFrame};
@@ -232,6 +232,9 @@ struct FromTls<'a> {
     to: usize,
     /// The TLS side ended: once `buf` is written, the plain side is shut down.
     eof: bool,
+    /// The TLS side failed after `buf` was gathered: reported once `buf` is written
+    /// (decrypted bytes are delivered before the error, as a plain socket would).
+    failed: Option<io::Error>,
     moved: bool,
     done: bool,
 }
@@ -266,8 +269,11 @@ impl FromTls<'_> {
         }
         loop {
             while self.from < self.to {
-                ready!(plain.poll_write_ready(cx))?;
+                if let Err(e) = ready!(plain.poll_write_ready(cx)) {
+                    return Poll::Ready(Ok(self.error(e)));
+                }
                 match plain.try_write(&self.buf[self.from..self.to]) {
+                    Ok(0) => return Poll::Ready(Ok(self.error(io::ErrorKind::WriteZero.into()))),
                     Ok(n) => {
                         self.from += n;
                         count(n as u64);
@@ -279,6 +285,9 @@ impl FromTls<'_> {
             }
             give_buffer(std::mem::take(&mut self.buf));
             (self.from, self.to) = (0, 0);
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Ok(self.error(e)));
+            }
             if self.eof {
                 return Poll::Ready(Ok(self.finish(plain)));
             }
@@ -315,8 +324,11 @@ impl FromTls<'_> {
                 }
             };
             if let Err(e) = gathered {
-                give_buffer(buf);
-                return Poll::Ready(Ok(self.error(e)));
+                if n == 0 {
+                    give_buffer(buf);
+                    return Poll::Ready(Ok(self.error(e)));
+                }
+                self.failed = Some(e);
             }
             if n == 0 {
                 give_buffer(buf);
@@ -435,6 +447,8 @@ pub(super) struct TlsRelay<'a, 'm> {
     limits: Option<Limits>,
     cut: Pin<Box<WaitForCancellationFuture<'a>>>,
     log_ctx: &'a str,
+    /// Flips every poll: which direction goes first.
+    flip: bool,
 }
 
 /// One side of a [`TlsRelay`]: the TLS session and the socket under it.
@@ -470,15 +484,11 @@ impl<'a, 'm> TlsRelay<'a, 'm> {
             },
             to_tls: ToTls::default(),
             bytes,
-            limits: Limits::new(limits),
+            limits: Limits::new(limits, bytes),
             cut: Box::pin(cut.cancelled()),
             log_ctx,
+            flip: false,
         }
-    }
-
-    /// Logs how a direction ended; true when the connection is over (an error).
-    fn ended(&self, end: CopyEnd, what: &str) -> bool {
-        super::relay::log_end(self.log_ctx, end, what)
     }
 }
 
@@ -496,37 +506,8 @@ impl Future for TlsRelay<'_, '_> {
             } else {
                 (&sent, &received, "response", "request")
             };
-        if !this.from_tls.done {
-            match this
-                .from_tls
-                .poll_move(cx, &mut this.tls, &this.plain, from_count)
-            {
-                Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Exchange(e)),
-                Poll::Ready(Ok(end)) => {
-                    if this.ended(end, from_name) {
-                        return Poll::Ready(PumpEnd::Done);
-                    }
-                }
-                Poll::Pending => {}
-            }
-        }
-        if !this.to_tls.done {
-            if let Poll::Ready(end) =
-                this.to_tls
-                    .poll_move(cx, &this.plain, &mut this.tls, to_count)
-            {
-                if this.ended(end, to_name) {
-                    return Poll::Ready(PumpEnd::Done);
-                }
-            }
-        } else if let Poll::Ready(Err(e)) = this.tls.poll_flush(cx) {
-            // Alerts rustls queued while reading (our sending side is still open only
-            // before the plain side ended).
-            tracing::debug!(conn = this.log_ctx, error = %e, "flushing TLS failed");
-        }
-        if this.from_tls.done && this.to_tls.done {
-            return Poll::Ready(PumpEnd::Done);
-        }
+        // The cut and the limits first: a bulk direction may use up the task's I/O
+        // budget, after which nothing polled later makes progress in this turn.
         if this.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(PumpEnd::Cut);
         }
@@ -534,6 +515,39 @@ impl Future for TlsRelay<'_, '_> {
             if let Poll::Ready(end) = limits.poll(cx, bytes) {
                 return Poll::Ready(end);
             }
+        }
+        // Which direction goes first alternates, so neither starves the other.
+        this.flip = !this.flip;
+        for from_tls in [this.flip, !this.flip] {
+            if from_tls && !this.from_tls.done {
+                match this
+                    .from_tls
+                    .poll_move(cx, &mut this.tls, &this.plain, from_count)
+                {
+                    Poll::Ready(Err(e)) => return Poll::Ready(PumpEnd::Exchange(e)),
+                    Poll::Ready(Ok(end)) => {
+                        if log_end(this.log_ctx, end, from_name) {
+                            return Poll::Ready(PumpEnd::Done);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            } else if !from_tls && !this.to_tls.done {
+                let moved = this
+                    .to_tls
+                    .poll_move(cx, &this.plain, &mut this.tls, to_count);
+                if let Poll::Ready(end) = moved {
+                    if log_end(this.log_ctx, end, to_name) {
+                        return Poll::Ready(PumpEnd::Done);
+                    }
+                }
+            }
+        }
+        // What reading queued (alerts, key updates) goes out now, not with the next
+        // plaintext; a failure shows on the next write.
+        let _ = this.tls.poll_flush(cx);
+        if this.from_tls.done && this.to_tls.done {
+            return Poll::Ready(PumpEnd::Done);
         }
         Poll::Pending
     }
