@@ -528,7 +528,7 @@ where
         }
     }
     let (Some(downstream), Some(upstream)) = (down, up) else {
-        // Unreachable: both sides are taken only together, after both were found plain.
+        // Unreachable: a branch above takes its two sides only after checking both.
         return PumpEnd::Done;
     };
     Box::pin(pump_general(
