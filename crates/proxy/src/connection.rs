@@ -407,8 +407,10 @@ fn plain_tcp(stream: &dyn Any) -> Option<&TcpStream> {
     }
 }
 
-type ClientSide = EitherStream<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
-type ServerSide = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+type ClientSide = EitherStream<TcpStream, ClientTls>;
+type ServerSide = EitherStream<TcpStream, ServerTls>;
 
 /// True for the TLS side of the listeners' stream types.
 fn is_tls(stream: &dyn Any) -> bool {
@@ -421,32 +423,27 @@ fn is_tls(stream: &dyn Any) -> bool {
     )
 }
 
+/// Takes `slot`'s stream when it is one of the listeners' `EitherStream`s with the TLS
+/// side (`tls`) or the plaintext side (`!tls`); leaves it in place otherwise.
+fn take_side<R: Any>(slot: &mut dyn Any, tls: bool) -> Option<EitherStream<TcpStream, R>> {
+    let side = slot.downcast_mut::<Option<EitherStream<TcpStream, R>>>()?;
+    if matches!(side, Some(EitherStream::Right(_))) == tls {
+        side.take()
+    } else {
+        None
+    }
+}
+
 /// Takes the TLS session and its socket out of `slot` when [`is_tls`] holds.
 fn take_tls<S: Any>(slot: &mut Option<S>) -> Option<tls_relay::TlsSide> {
     let any: &mut dyn Any = slot;
-    if let Some(side) = any.downcast_mut::<Option<ClientSide>>() {
-        return match side.take() {
-            Some(EitherStream::Right(tls)) => {
-                let (tcp, session) = tls.into_inner();
-                Some((tcp, session.into()))
-            }
-            other => {
-                *side = other;
-                None
-            }
-        };
+    if let Some(EitherStream::Right(tls)) = take_side::<ClientTls>(any, true) {
+        let (tcp, session) = tls.into_inner();
+        return Some((tcp, session.into()));
     }
-    if let Some(side) = any.downcast_mut::<Option<ServerSide>>() {
-        return match side.take() {
-            Some(EitherStream::Right(tls)) => {
-                let (tcp, session) = tls.into_inner();
-                Some((tcp, session.into()))
-            }
-            other => {
-                *side = other;
-                None
-            }
-        };
+    if let Some(EitherStream::Right(tls)) = take_side::<ServerTls>(any, true) {
+        let (tcp, session) = tls.into_inner();
+        return Some((tcp, session.into()));
     }
     None
 }
@@ -457,23 +454,11 @@ fn take_plain_tcp<S: Any>(slot: &mut Option<S>) -> Option<TcpStream> {
     if let Some(tcp) = any.downcast_mut::<Option<TcpStream>>() {
         return tcp.take();
     }
-    if let Some(side) = any.downcast_mut::<Option<ClientSide>>() {
-        return match side.take() {
-            Some(EitherStream::Left(tcp)) => Some(tcp),
-            other => {
-                *side = other;
-                None
-            }
-        };
+    if let Some(EitherStream::Left(tcp)) = take_side::<ClientTls>(any, false) {
+        return Some(tcp);
     }
-    if let Some(side) = any.downcast_mut::<Option<ServerSide>>() {
-        return match side.take() {
-            Some(EitherStream::Left(tcp)) => Some(tcp),
-            other => {
-                *side = other;
-                None
-            }
-        };
+    if let Some(EitherStream::Left(tcp)) = take_side::<ServerTls>(any, false) {
+        return Some(tcp);
     }
     None
 }

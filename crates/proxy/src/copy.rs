@@ -168,6 +168,20 @@ async fn shutdown_end<W: AsyncWrite + Unpin + ?Sized>(writer: &mut W, moved: boo
     }
 }
 
+/// [`shutdown_end`] for a plain TCP socket, without waiting (a TCP shutdown never
+/// blocks): the relays end a direction with it.
+pub(crate) fn shutdown_tcp_end(writer: &tokio::net::TcpStream, moved: bool) -> CopyEnd {
+    match socket2::SockRef::from(writer).shutdown(std::net::Shutdown::Write) {
+        Ok(()) => CopyEnd::Eof,
+        // The peer may already be gone; nothing is lost by that.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => CopyEnd::Eof,
+        Err(error) => CopyEnd::Error {
+            error,
+            after_data: moved,
+        },
+    }
+}
+
 /// Writes the bytes read ahead of the copy (metadata-exchange leftovers, sniffed first
 /// bytes) and counts them; `Ok(true)` when there were any.
 async fn write_prefix<W: AsyncWrite + Unpin + ?Sized>(

@@ -22,8 +22,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::{is_normal_end, PumpEnd, PumpLimits};
 use crate::copy::{
-    give_buffer, splice_flags, splice_unsupported, take_buffer, CopyEnd, Pipe, READ_CHUNK,
-    SPLICE_CHUNK,
+    give_buffer, shutdown_tcp_end, splice_flags, splice_unsupported, take_buffer, CopyEnd, Pipe,
+    READ_CHUNK, SPLICE_CHUNK,
 };
 
 /// What a direction holds between polls.
@@ -230,12 +230,7 @@ impl Dir {
     /// receives the whole response.
     fn finish(&mut self, w: &TcpStream) -> CopyEnd {
         self.done = true;
-        match socket2::SockRef::from(w).shutdown(std::net::Shutdown::Write) {
-            Ok(()) => CopyEnd::Eof,
-            // The peer may already be gone; nothing is lost by that.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => CopyEnd::Eof,
-            Err(e) => self.error(e),
-        }
+        shutdown_tcp_end(w, self.moved)
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::relay::{log_end, Limits};
 use super::{MxRead, PumpEnd, PumpLimits};
-use crate::copy::{give_buffer, take_buffer, CopyEnd};
+use crate::copy::{give_buffer, shutdown_tcp_end, take_buffer, CopyEnd};
 use crate::exchange::{self, ExchangeError, PeerFrame};
 
 /// `io::Read` over a nonblocking tokio socket (rustls reads records through it).
@@ -345,11 +345,7 @@ impl FromTls<'_> {
 
     fn finish(&mut self, plain: &TcpStream) -> CopyEnd {
         self.done = true;
-        match socket2::SockRef::from(plain).shutdown(std::net::Shutdown::Write) {
-            Ok(()) => CopyEnd::Eof,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => CopyEnd::Eof,
-            Err(e) => self.error(e),
-        }
+        shutdown_tcp_end(plain, self.moved)
     }
 }
 
@@ -392,13 +388,7 @@ impl ToTls {
                 // tokio-rustls's shutdown does.
                 self.done = true;
                 tls.write_closed = true;
-                return Poll::Ready(
-                    match socket2::SockRef::from(&tls.tcp).shutdown(std::net::Shutdown::Write) {
-                        Ok(()) => CopyEnd::Eof,
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => CopyEnd::Eof,
-                        Err(e) => self.error(e),
-                    },
-                );
+                return Poll::Ready(shutdown_tcp_end(&tls.tcp, self.moved));
             }
             if let Err(e) = ready!(plain.poll_read_ready(cx)) {
                 return Poll::Ready(self.error(e));
