@@ -169,14 +169,7 @@ fn host_state(c: &Cluster) -> Vec<String> {
             .collect::<Vec<_>>()
             .join("\n"),
     ];
-    let etc: Vec<String> = std::fs::read_dir("/etc/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let etc = entries("/etc/netns", |n| n.starts_with(&prefix));
     state.push(format!("/etc/netns: {etc:?}"));
     // Mount points (mount ids change; where and what is mounted is what matters).
     let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
@@ -660,18 +653,11 @@ fn mistakes_are_named_with_their_fix() {
     // Deleting a Deployment removes its pod and namespace.
     cluster.ok(&["delete", "-f", manifest.to_str().expect("path")]);
     eventually("pods gone", Duration::from_secs(30), || {
-        let left: Vec<String> = std::fs::read_dir("/run/netns")
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        ["nginx", "crasher"]
-                            .iter()
-                            .any(|d| n.starts_with(&format!("weirc-{}.default.{d}-", cluster.name)))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let left = entries("/run/netns", |n| {
+            ["nginx", "crasher"]
+                .iter()
+                .any(|d| n.starts_with(&format!("weirc-{}.default.{d}-", cluster.name)))
+        });
         if left.is_empty() {
             Ok(())
         } else {
@@ -693,14 +679,7 @@ fn mistakes_are_named_with_their_fix() {
         "{down}"
     );
     let prefix = format!("weirc-{}.", cluster.name);
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = entries("/run/netns", |n| n.starts_with(&prefix));
     assert!(left.is_empty(), "{left:?}");
     assert!(!cluster.dir().exists());
     let procs = host_state(&cluster);
@@ -708,4 +687,16 @@ fn mistakes_are_named_with_their_fix() {
         procs.last().map(String::as_str),
         Some("cluster processes: []")
     );
+}
+
+/// The names in `dir` that `keep` accepts (none when `dir` does not exist).
+fn entries(dir: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
 }
