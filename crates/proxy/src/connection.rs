@@ -3,14 +3,18 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use telemetry::{ByteCounters, ResponseFlags, Workload};
+use telemetry::{ByteCounters, DestinationService, ResponseFlags, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::copy::{copy_one_way, copy_ready_one_way, splice_one_way, CopyEnd, TcpRef};
 use crate::exchange::{read_peer_frame, workload_of, ExchangeError};
 use crate::stream::EitherStream;
+use relay::Limits;
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,17 +53,47 @@ pub struct LiveEntry {
     direction: Direction,
     source: SocketAddr,
     destination: SocketAddr,
-    started: SystemTime,
-    service: Mutex<String>,
-    upstream: Mutex<Option<SocketAddr>>,
-    peer: Mutex<Option<PeerSummary>>,
+    started: Instant,
+    /// What setup learns; one lock, rarely taken (setup, MX, `/connections`).
+    details: Mutex<Details>,
     bytes: Arc<ByteCounters>,
 }
 
+#[derive(Debug, Default)]
+struct Details {
+    service: Option<Arc<DestinationService>>,
+    upstream: Option<SocketAddr>,
+    peer: Option<Box<PeerSummary>>,
+}
+
 impl LiveEntry {
+    fn details(&self) -> std::sync::MutexGuard<'_, Details> {
+        self.details.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The client's address.
+    pub fn source(&self) -> SocketAddr {
+        self.source
+    }
+
+    /// The address the client asked for.
+    pub fn destination(&self) -> SocketAddr {
+        self.destination
+    }
+
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The endpoint connected to, once known.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.details().upstream
+    }
+
     /// Records the peer once known.
     pub fn set_peer(&self, peer: PeerSummary) {
-        *self.peer.lock().unwrap_or_else(PoisonError::into_inner) = Some(peer);
+        self.details().peer = Some(Box::new(peer));
     }
 
     /// Records what the metadata exchange (or its absence) told about the peer and
@@ -67,19 +102,25 @@ impl LiveEntry {
     /// principal, if any) stands in when there was no usable metadata.
     pub fn note_peer(
         &self,
-        ctx: &str,
         peer: Option<&mx::PeerMetadata>,
         unknown_reason: Option<&str>,
         unknown_peer: &Workload,
     ) -> (Workload, Option<String>) {
         if let Some(reason) = unknown_reason {
-            tracing::debug!(conn = %ctx, reason, "peer metadata unknown");
+            tracing::debug!(conn = %self, reason, "peer metadata unknown");
         }
-        self.set_peer(PeerSummary {
-            identity: unknown_peer.principal.clone(),
-            workload: peer.map(|m| m.workload_name.clone()),
-            namespace: peer.map(|m| m.namespace.clone()),
-        });
+        if let Some(m) = peer {
+            self.set_peer(PeerSummary {
+                identity: unknown_peer.principal.clone(),
+                workload: Some(m.workload_name.clone()),
+                namespace: Some(m.namespace.clone()),
+            });
+        } else if unknown_peer.principal.is_some() {
+            self.set_peer(PeerSummary {
+                identity: unknown_peer.principal.clone(),
+                ..PeerSummary::default()
+            });
+        }
         match peer {
             Some(m) => (
                 workload_of(m, unknown_peer.principal.as_deref()),
@@ -90,13 +131,24 @@ impl LiveEntry {
     }
 
     /// Records the chosen service.
-    pub fn set_service(&self, service: &str) {
-        *self.service.lock().unwrap_or_else(PoisonError::into_inner) = service.to_owned();
+    pub fn set_service(&self, service: &Arc<DestinationService>) {
+        self.details().service = Some(service.clone());
     }
 
     /// Records the endpoint connected to.
     pub fn set_upstream(&self, addr: SocketAddr) {
-        *self.upstream.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
+        self.details().upstream = Some(addr);
+    }
+}
+
+/// How log lines name a connection: `outbound 10.0.0.1:43512->10.96.0.7:3306`.
+impl fmt::Display for LiveEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let direction = match self.direction {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        };
+        write!(f, "{direction} {}->{}", self.source, self.destination)
     }
 }
 
@@ -134,12 +186,14 @@ pub struct LiveConnections {
 }
 
 impl LiveConnections {
-    /// Registers a connection; it leaves the table when the guard drops.
+    /// Registers a connection accepted at `started`; it leaves the table when the
+    /// guard drops.
     pub fn register(
         self: &Arc<Self>,
         direction: Direction,
         source: SocketAddr,
         destination: SocketAddr,
+        started: Instant,
         bytes: Arc<ByteCounters>,
     ) -> LiveGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -148,10 +202,8 @@ impl LiveConnections {
             direction,
             source,
             destination,
-            started: SystemTime::now(),
-            service: Mutex::new(String::new()),
-            upstream: Mutex::new(None),
-            peer: Mutex::new(None),
+            started,
+            details: Mutex::default(),
             bytes,
         });
         self.lock().insert(id, entry.clone());
@@ -177,31 +229,26 @@ impl LiveConnections {
 
     /// A snapshot for the admin endpoint.
     pub fn snapshot(&self) -> Vec<ConnectionView> {
-        let now = SystemTime::now();
         self.lock()
             .values()
-            .map(|e| ConnectionView {
-                id: e.id,
-                direction: e.direction,
-                source: e.source,
-                destination: e.destination,
-                upstream: *e.upstream.lock().unwrap_or_else(PoisonError::into_inner),
-                service: e
-                    .service
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-                peer: e
-                    .peer
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-                received_bytes: e.bytes.received(),
-                sent_bytes: e.bytes.sent(),
-                age_seconds: now
-                    .duration_since(e.started)
-                    .unwrap_or_default()
-                    .as_secs_f64(),
+            .map(|e| {
+                let details = e.details();
+                ConnectionView {
+                    id: e.id,
+                    direction: e.direction,
+                    source: e.source,
+                    destination: e.destination,
+                    upstream: details.upstream,
+                    service: details
+                        .service
+                        .as_ref()
+                        .map(|s| s.fqdn.clone())
+                        .unwrap_or_default(),
+                    peer: details.peer.as_deref().cloned(),
+                    received_bytes: e.bytes.received(),
+                    sent_bytes: e.bytes.sent(),
+                    age_seconds: e.started.elapsed().as_secs_f64(),
+                }
             })
             .collect()
     }
@@ -472,16 +519,35 @@ fn take_plain_tcp<S: Any>(slot: &mut Option<S>) -> Option<TcpStream> {
 /// [`relay::Relay`], and a TLS side with a plain one (mutual TLS between sidecars) as
 /// a [`tls_relay::TlsRelay`]. Other pairs take the general path, whose plain TCP sides
 /// still use the fast paths of [`crate::copy`]; it is boxed so that relayed
-/// connections do not reserve its larger state.
-pub async fn pump<D, U>(
+/// connections do not reserve its larger state. The choice is made here, before the
+/// first poll, so the returned future is only as large as the largest relay.
+pub fn pump<'a, D, U>(
     downstream: D,
     upstream: U,
-    bytes: &ByteCounters,
-    mx: Option<MxRead<'_>>,
+    bytes: &'a ByteCounters,
+    mx: Option<MxRead<'a>>,
     limits: PumpLimits,
-    cut: &CancellationToken,
-    log_ctx: &str,
-) -> PumpEnd
+    cut: &'a CancellationToken,
+    log_ctx: &'a (dyn fmt::Display + Sync),
+) -> Pump<'a>
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let limits = Limits::new(limits, bytes);
+    pump_armed(downstream, upstream, bytes, mx, limits, cut, log_ctx)
+}
+
+/// [`pump`] with its limits already running (see [`Limits::new`]).
+fn pump_armed<'a, D, U>(
+    downstream: D,
+    upstream: U,
+    bytes: &'a ByteCounters,
+    mx: Option<MxRead<'a>>,
+    limits: Option<Box<Limits>>,
+    cut: &'a CancellationToken,
+    log_ctx: &'a (dyn fmt::Display + Sync),
+) -> Pump<'a>
 where
     D: AsyncRead + AsyncWrite + Send + 'static,
     U: AsyncRead + AsyncWrite + Send + 'static,
@@ -497,29 +563,50 @@ where
     let mx_side = mx.as_ref().map(|m| m.side);
     if mx.is_none() && plain(d) && plain(u) {
         if let (Some(d), Some(u)) = (take_plain_tcp(&mut down), take_plain_tcp(&mut up)) {
-            return relay::Relay::new(d, u, bytes, limits, cut, log_ctx).await;
+            return Pump::Plain(relay::Relay::new(d, u, bytes, limits, cut, log_ctx));
         }
     } else if tls(d) && plain(u) && mx_side != Some(MxSide::Upstream) {
         // Inbound: the peer sidecar's TLS downstream, the local app upstream.
         if let (Some(t), Some(p)) = (take_tls(&mut down), take_plain_tcp(&mut up)) {
             let relay = tls_relay::TlsRelay::new(p, t, true, mx, bytes, limits, cut, log_ctx);
-            return relay.await;
+            return Pump::Tls(relay);
         }
     } else if plain(d) && tls(u) && mx_side != Some(MxSide::Downstream) {
         // Outbound: the local client downstream, the peer sidecar's TLS upstream.
         if let (Some(p), Some(t)) = (take_plain_tcp(&mut down), take_tls(&mut up)) {
             let relay = tls_relay::TlsRelay::new(p, t, false, mx, bytes, limits, cut, log_ctx);
-            return relay.await;
+            return Pump::Tls(relay);
         }
     }
     let (Some(downstream), Some(upstream)) = (down, up) else {
         // Unreachable: a branch above takes its two sides only after checking both.
-        return PumpEnd::Done;
+        return Pump::General(Box::pin(std::future::ready(PumpEnd::Done)));
     };
-    Box::pin(pump_general(
+    Pump::General(Box::pin(pump_general(
         downstream, upstream, bytes, mx, limits, cut, log_ctx,
-    ))
-    .await
+    )))
+}
+
+/// The copy phase of one connection, as [`pump`] chose it.
+pub enum Pump<'a> {
+    /// Two plain TCP sockets.
+    Plain(relay::Relay<'a>),
+    /// A TLS session and a plain TCP socket.
+    Tls(tls_relay::TlsRelay<'a, 'a>),
+    /// Any other pair of streams.
+    General(Pin<Box<dyn Future<Output = PumpEnd> + Send + 'a>>),
+}
+
+impl Future for Pump<'_> {
+    type Output = PumpEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PumpEnd> {
+        match self.get_mut() {
+            Pump::Plain(r) => Pin::new(r).poll(cx),
+            Pump::Tls(r) => Pin::new(r).poll(cx),
+            Pump::General(f) => f.as_mut().poll(cx),
+        }
+    }
 }
 
 /// The general pump: any pair of streams, with or without metadata exchange.
@@ -528,9 +615,9 @@ async fn pump_general<D, U>(
     upstream: U,
     bytes: &ByteCounters,
     mx: Option<MxRead<'_>>,
-    limits: PumpLimits,
+    limits: Option<Box<Limits>>,
     cut: &CancellationToken,
-    log_ctx: &str,
+    log_ctx: &(dyn fmt::Display + Sync),
 ) -> PumpEnd
 where
     D: AsyncRead + AsyncWrite + Send + 'static,
@@ -574,9 +661,9 @@ where
 
 struct PumpCtx<'a> {
     bytes: &'a ByteCounters,
-    limits: PumpLimits,
+    limits: Option<Box<Limits>>,
     cut: &'a CancellationToken,
-    log_ctx: &'a str,
+    log_ctx: &'a (dyn fmt::Display + Sync),
 }
 
 async fn pump_halves<DR, DW, UR, UW>(
@@ -611,9 +698,9 @@ where
         DirEnd::Copy(CopyEnd::Eof) => {}
         DirEnd::Copy(CopyEnd::Error { error, after_data }) => {
             if after_data && is_normal_end(&error) {
-                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended by the peer");
+                tracing::debug!(conn = %log_ctx, direction = what, %error, "connection ended by the peer");
             } else {
-                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended with an error");
+                tracing::debug!(conn = %log_ctx, direction = what, %error, "connection ended with an error");
             }
             abort.cancel();
         }
@@ -646,37 +733,10 @@ where
         .await;
         finish(end, "response");
     };
-    let limit = async {
-        match limits.max_duration {
-            Some(d) => tokio::time::sleep(d).await,
+    let limits = async {
+        match limits {
+            Some(mut l) => std::future::poll_fn(|cx| l.poll(cx, bytes)).await,
             None => std::future::pending().await,
-        }
-    };
-    let idle = async {
-        let Some(timeout) = limits.idle_timeout else {
-            return std::future::pending().await;
-        };
-        // One timer per connection, never one per read: the copy loops only bump
-        // counters. A quiet connection wakes once, at its deadline; one that moved
-        // bytes since the last look is looked at again a quarter timeout later.
-        let tick = (timeout / 4).max(Duration::from_millis(10));
-        let mut last = (bytes.received(), bytes.sent());
-        let mut quiet_since = tokio::time::Instant::now();
-        let sleep = tokio::time::sleep(timeout);
-        tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let now = (bytes.received(), bytes.sent());
-            let next = if now != last {
-                last = now;
-                quiet_since = tokio::time::Instant::now();
-                quiet_since + tick
-            } else if quiet_since.elapsed() >= timeout {
-                return;
-            } else {
-                quiet_since + timeout
-            };
-            sleep.as_mut().reset(next);
         }
     };
     // Pinned here and joined by reference: joining them by value would keep a second,
@@ -688,8 +748,7 @@ where
         tokio::select! {
             _ = async { tokio::join!(&mut request, &mut response) } => PumpEnd::Done,
             _ = abort.cancelled() => PumpEnd::Done,
-            _ = limit => PumpEnd::DurationLimit,
-            _ = idle => PumpEnd::Idle,
+            end = limits => end,
             _ = cut.cancelled() => PumpEnd::Cut,
         }
     };
@@ -782,8 +841,11 @@ impl AccessLog<'_> {
     }
 }
 
+mod established;
 mod relay;
 mod tls_relay;
+
+pub(crate) use established::{Established, Holds, MxParams, Names, Peer, Reporter, Streams};
 
 #[cfg(test)]
 mod tests;

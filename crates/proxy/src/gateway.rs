@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{host_selected, GatewayConfig, GatewayProtocol, PathMatch};
+use crate::connection::Established;
 use crate::outbound::{self, RouteTable, ServicePort, Target};
 use crate::sidecar::{Generation, Shared};
 
@@ -300,23 +301,24 @@ async fn reply<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, status: &str) 
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-/// Serves one connection to gateway server `port`. `destination` is the address the
-/// client connected to.
-pub(crate) async fn handle(
+/// Sets up one connection to gateway server `port` (`destination` is the address the
+/// client connected to): routes it, answering HTTP requests that match no route
+/// itself. Returns it ready to copy, or `None` when it was answered, refused or failed.
+pub(crate) async fn setup(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
     mut client: TcpStream,
     source: SocketAddr,
     destination: SocketAddr,
     port: u16,
-) {
+) -> Option<Established> {
     let ctx = format!("gateway {source}->{destination}");
     let server = gen.gateway.as_ref().and_then(|g| g.servers.get(&port));
     let target = match server {
         None | Some(ServerRoutes::Tcp(None)) => {
             tracing::warn!(conn = %ctx, port, "no gateway route for this port; refusing");
             outbound::refuse(&shared, source, destination, ResponseFlags::NoClusterFound);
-            return;
+            return None;
         }
         Some(ServerRoutes::Tcp(Some(set))) => set.clone(),
         Some(ServerRoutes::Http(_)) => {
@@ -335,7 +337,7 @@ pub(crate) async fn handle(
                                 port: set,
                                 original: None,
                             };
-                            outbound::handle(
+                            return outbound::setup(
                                 shared,
                                 gen,
                                 client,
@@ -345,7 +347,6 @@ pub(crate) async fn handle(
                                 replay,
                             )
                             .await;
-                            return;
                         }
                         None => {
                             tracing::info!(conn = %ctx, host = ?request_host(buf).map(truncate), path = %truncate(path), "no gateway route matches the request; 404");
@@ -369,19 +370,19 @@ pub(crate) async fn handle(
                     // Nothing to answer and nothing was routed (health checks that
                     // connect and close look like this).
                     tracing::debug!(conn = %ctx, error = %e, "connection ended before a request");
-                    return;
+                    return None;
                 }
             };
             reply(&mut client, status).await;
             outbound::refuse(&shared, source, destination, ResponseFlags::NoClusterFound);
-            return;
+            return None;
         }
     };
     let target = Target::Route {
         port: target,
         original: None,
     };
-    outbound::handle(shared, gen, client, source, destination, target, Vec::new()).await;
+    outbound::setup(shared, gen, client, source, destination, target, Vec::new()).await
 }
 
 #[cfg(test)]

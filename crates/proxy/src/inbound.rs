@@ -1,6 +1,7 @@
 //! Traffic from peers to the local workload: TLS detection, mTLS termination with
 //! the peer's identity, metadata exchange, and the destination-reporter metrics.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,9 +11,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{InboundMode, InboundPort, ProxyConfig};
-use crate::connection::{self, AccessLog, Direction, MxRead, MxSide};
+use crate::connection::{
+    self, AccessLog, Direction, Established, Holds, MxParams, MxSide, Names, Peer, Reporter,
+    Streams,
+};
 use crate::exchange;
-use crate::outbound::end_flags;
 use crate::sidecar::{Generation, Shared};
 use crate::stream::EitherStream;
 use crate::tls;
@@ -23,7 +26,7 @@ pub struct InboundTarget {
     /// The app's address.
     pub app: SocketAddr,
     /// The service the port belongs to (unknown when not configured).
-    pub service: DestinationService,
+    pub service: Arc<DestinationService>,
 }
 
 impl InboundTarget {
@@ -34,30 +37,52 @@ impl InboundTarget {
             service: port
                 .service
                 .as_ref()
-                .map(|s| DestinationService {
-                    fqdn: s.fqdn(),
-                    name: s.name.clone(),
-                    namespace: s.namespace.clone(),
+                .map(|s| {
+                    Arc::new(DestinationService {
+                        fqdn: s.fqdn(),
+                        name: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                    })
                 })
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The inbound targets of one configuration, built once and shared by its connections.
+#[derive(Debug, Default)]
+pub struct InboundTargets {
+    by_port: HashMap<u16, InboundTarget>,
+    unknown: Arc<DestinationService>,
+}
+
+impl InboundTargets {
+    /// The targets of `config`'s inbound ports.
+    pub fn new(config: &ProxyConfig) -> Self {
+        Self {
+            by_port: config
+                .inbound
+                .ports
+                .iter()
+                .map(|p| (p.port, InboundTarget::for_port(p)))
+                .collect(),
+            unknown: Arc::new(DestinationService::unknown()),
+        }
+    }
+
+    /// The target of a configured port.
+    pub fn port(&self, port: u16) -> Option<InboundTarget> {
+        self.by_port.get(&port).cloned()
+    }
 
     /// The target of a captured connection: the configured port, else the app on
     /// `127.0.0.1:<port>` with an unknown service (Istio's inbound passthrough).
-    pub fn for_original_destination(config: &ProxyConfig, destination: SocketAddr) -> Self {
-        match config
-            .inbound
-            .ports
-            .iter()
-            .find(|p| p.port == destination.port())
-        {
-            Some(p) => Self::for_port(p),
-            None => Self {
+    pub fn for_original_destination(&self, destination: SocketAddr) -> InboundTarget {
+        self.port(destination.port())
+            .unwrap_or_else(|| InboundTarget {
                 app: SocketAddr::from(([127, 0, 0, 1], destination.port())),
-                service: DestinationService::unknown(),
-            },
-        }
+                service: self.unknown.clone(),
+            })
     }
 }
 
@@ -77,16 +102,17 @@ async fn sniff(client: &TcpStream, wait: Duration) -> Option<Vec<u8>> {
 
 type Downstream = EitherStream<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
-/// Serves one inbound connection to its end, under the configuration `gen` it was
-/// accepted with.
-pub(crate) async fn handle(
+/// Sets up one inbound connection under the configuration `gen` it was accepted with:
+/// plaintext or TLS as the mode allows, then the local app. Returns it ready to copy, or
+/// `None` when it was refused or failed (recorded and logged here).
+pub(crate) async fn setup(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
     client: TcpStream,
     source: SocketAddr,
     destination: SocketAddr,
     target: Option<InboundTarget>,
-) {
+) -> Option<Established> {
     let started = Instant::now();
     let ctx = format!("inbound {source}->{destination}");
     let limits = &gen.config.limits;
@@ -97,16 +123,16 @@ pub(crate) async fn handle(
         InboundMode::Disable => false,
         InboundMode::Strict => match Box::pin(sniff(&client, limits.tls_handshake_timeout)).await {
             Some(first) if looks_like_tls(&first) => true,
-            Some(first) if first.is_empty() => return,
+            Some(first) if first.is_empty() => return None,
             Some(_) => {
                 tracing::warn!(conn = %ctx, "refusing a plaintext connection: inbound mode is STRICT (mutual TLS only); send it through a sidecar or set inbound.mode: PERMISSIVE");
                 shared.health.refused("plaintext_in_strict");
-                return;
+                return None;
             }
             None => {
                 tracing::warn!(conn = %ctx, "no TLS ClientHello within {:?} (inbound mode STRICT); closing", limits.tls_handshake_timeout);
                 shared.health.refused("no_client_hello");
-                return;
+                return None;
             }
         },
         // A silent client may be waiting for a server-first greeting: plaintext.
@@ -121,7 +147,7 @@ pub(crate) async fn handle(
     let downstream: Downstream = if use_tls {
         let Some(certs) = &shared.certs else {
             tracing::warn!(conn = %ctx, "TLS connection but no certificates configured; closing");
-            return;
+            return None;
         };
         let current = certs.current();
         let accept = TlsAcceptor::from(current.server_config()).accept(client);
@@ -138,12 +164,12 @@ pub(crate) async fn handle(
             Ok(Err(e)) => {
                 tracing::warn!(conn = %ctx, error = %e, "inbound TLS handshake failed (the client must present a certificate signed by the mesh root)");
                 shared.health.tls_failure(Direction::Inbound);
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::warn!(conn = %ctx, "inbound TLS handshake timed out after {:?}", limits.tls_handshake_timeout);
                 shared.health.tls_failure(Direction::Inbound);
-                return;
+                return None;
             }
         }
     } else {
@@ -165,12 +191,16 @@ pub(crate) async fn handle(
         ..Workload::unknown()
     };
     let fallback = TcpLabels::inbound(&local, &unknown_peer, &service, policy, ResponseFlags::None);
-    let mut recorder = shared.metrics.recorder(fallback);
+    let recorder = shared.metrics.recorder(fallback);
     let bytes = recorder.byte_counters();
-    let guard = shared
-        .live
-        .register(Direction::Inbound, source, destination, bytes.clone());
-    guard.entry().set_service(&service.fqdn);
+    let guard = shared.live.register(
+        Direction::Inbound,
+        source,
+        destination,
+        started,
+        bytes.clone(),
+    );
+    guard.entry().set_service(&service);
     let mut log = AccessLog {
         direction: Direction::Inbound,
         source,
@@ -183,7 +213,7 @@ pub(crate) async fn handle(
         flags: ResponseFlags::None,
     };
 
-    let _permit = match gen
+    let permit = match gen
         .inbound_permits
         .as_ref()
         .map(|s| s.clone().try_acquire_owned())
@@ -191,7 +221,7 @@ pub(crate) async fn handle(
         Some(Err(_)) => {
             tracing::warn!(conn = %ctx, "inbound connection limit reached (limits.maxConnections); refusing");
             log.finish(recorder, ResponseFlags::UpstreamOverflow);
-            return;
+            return None;
         }
         Some(Ok(p)) => Some(p),
         None => None,
@@ -200,7 +230,7 @@ pub(crate) async fn handle(
     let Some(target) = target else {
         tracing::warn!(conn = %ctx, "no inbound route: the connection was not redirected by the capture rules (no original destination)");
         log.finish(recorder, ResponseFlags::NoClusterFound);
-        return;
+        return None;
     };
     log.upstream = Some(target.app);
     guard.entry().set_upstream(target.app);
@@ -215,61 +245,45 @@ pub(crate) async fn handle(
         Err(e) => {
             tracing::warn!(conn = %ctx, app = %target.app, error = %e, "connecting to the local app failed");
             log.finish(recorder, ResponseFlags::UpstreamConnectionFailure);
-            return;
+            return None;
         }
     };
 
-    let mut downstream = downstream;
-    let mut peer_name = log.peer.to_owned();
-    let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
-        let (workload, name) =
-            guard
-                .entry()
-                .note_peer(&ctx, peer.as_ref(), reason.as_deref(), &unknown_peer);
-        if let Some(name) = name {
-            peer_name = name;
-        }
-        recorder.resolve(TcpLabels::inbound(
-            &local,
-            &workload,
-            &service,
-            policy,
-            ResponseFlags::None,
-        ));
+    let mut established = Established {
+        shared,
+        streams: Streams::Inbound(downstream, app),
+        mx: exchange_on.then_some(MxParams {
+            side: MxSide::Downstream,
+            max_frame_len: limits.mx_max_frame_bytes,
+            timeout: limits.mx_timeout,
+        }),
+        limits: connection::PumpLimits::from_config(limits),
+        bytes,
+        guard,
+        peer: Peer {
+            recorder,
+            reporter: Reporter::Destination(policy),
+            service,
+            names: Names::of(own_identity, peer_identity),
+        },
+        holds: Holds {
+            permit,
+            ..Holds::default()
+        },
     };
-    let mx = if exchange_on {
-        if let Err(e) = Box::pin(exchange::write_frame(
-            &mut downstream,
-            shared.local.frame(),
-            limits.mx_timeout,
-        ))
-        .await
+    if exchange_on {
+        let Streams::Inbound(downstream, _) = &mut established.streams else {
+            unreachable!("built as inbound just above")
+        };
+        let frame = established.shared.local.frame();
+        if let Err(e) = Box::pin(exchange::write_frame(downstream, frame, limits.mx_timeout)).await
         {
             tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
-            recorder.close(None);
-            log.emit();
-            return;
+            established.abandon();
+            return None;
         }
-        Some(MxRead {
-            side: MxSide::Downstream,
-            max_frame_len: limits.mx_max_frame_bytes as usize,
-            timeout: limits.mx_timeout,
-            on_result: &mut on_result,
-        })
     } else {
-        on_result(None, None);
-        None
-    };
-    let end = connection::pump(
-        downstream,
-        app,
-        &bytes,
-        mx,
-        connection::PumpLimits::from_config(limits),
-        &shared.cut,
-        &ctx,
-    )
-    .await;
-    log.peer = &peer_name;
-    log.finish(recorder, end_flags(&end, &ctx));
+        established.resolve_peer(None, None);
+    }
+    Some(established)
 }

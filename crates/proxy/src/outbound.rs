@@ -16,7 +16,10 @@ use crate::config::{
     Endpoint, EndpointTls, LoadBalancer, OutboundPort, OutboundService, OutboundTrafficPolicy,
     Route, ServiceRef,
 };
-use crate::connection::{self, AccessLog, Direction, MxRead, MxSide, PumpEnd};
+use crate::connection::{
+    self, AccessLog, Direction, Established, Holds, MxParams, MxSide, Names, Peer, Reporter,
+    Streams,
+};
 use crate::exchange;
 use crate::sidecar::{Generation, Shared};
 use crate::stream::EitherStream;
@@ -24,19 +27,35 @@ use crate::tls;
 
 mod balance;
 
-use balance::{ActiveGuard, EndpointPool};
+pub(crate) use balance::ActiveGuard;
+use balance::EndpointPool;
 
 /// Service name Istio reports for traffic to unknown destinations it lets through.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Service name Istio reports for traffic to unknown destinations it refuses.
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 
-fn destination_service(r: &ServiceRef) -> DestinationService {
-    DestinationService {
+fn destination_service(r: &ServiceRef) -> Arc<DestinationService> {
+    Arc::new(DestinationService {
         fqdn: r.fqdn(),
         name: r.name.clone(),
         namespace: r.namespace.clone(),
-    }
+    })
+}
+
+/// One shared copy of a cluster-named service (`PassthroughCluster`, `BlackHoleCluster`).
+fn named_cluster(
+    cell: &'static std::sync::OnceLock<Arc<DestinationService>>,
+    name: &str,
+) -> Arc<DestinationService> {
+    cell.get_or_init(|| {
+        Arc::new(DestinationService {
+            fqdn: name.into(),
+            name: name.into(),
+            namespace: String::new(),
+        })
+    })
+    .clone()
 }
 
 /// One weighted destination of a service port.
@@ -44,7 +63,7 @@ fn destination_service(r: &ServiceRef) -> DestinationService {
 pub struct WeightedRoute {
     weight: u32,
     /// The `destination_service*` labels of connections on this route.
-    service: DestinationService,
+    service: Arc<DestinationService>,
     subset: Option<String>,
     /// Why the destination cannot be resolved; connections are refused with `NC`.
     unresolved: Option<String>,
@@ -279,19 +298,14 @@ impl Target {
         }
     }
 
-    fn service(&self) -> DestinationService {
+    fn service(&self) -> Arc<DestinationService> {
+        static PASSTHROUGH: std::sync::OnceLock<Arc<DestinationService>> =
+            std::sync::OnceLock::new();
+        static BLACKHOLE: std::sync::OnceLock<Arc<DestinationService>> = std::sync::OnceLock::new();
         match self {
             Target::Route { port, .. } => port.routes[0].service.clone(),
-            Target::Passthrough => DestinationService {
-                fqdn: PASSTHROUGH_CLUSTER.into(),
-                name: PASSTHROUGH_CLUSTER.into(),
-                namespace: String::new(),
-            },
-            Target::NoRoute => DestinationService {
-                fqdn: BLACKHOLE_CLUSTER.into(),
-                name: BLACKHOLE_CLUSTER.into(),
-                namespace: String::new(),
-            },
+            Target::Passthrough => named_cluster(&PASSTHROUGH, PASSTHROUGH_CLUSTER),
+            Target::NoRoute => named_cluster(&BLACKHOLE, BLACKHOLE_CLUSTER),
         }
     }
 }
@@ -385,10 +399,15 @@ pub(crate) fn refuse(
     let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, flags);
     let recorder = shared.metrics.recorder(fallback);
     let bytes = recorder.byte_counters();
-    let guard = shared
-        .live
-        .register(Direction::Outbound, source, destination, bytes.clone());
-    guard.entry().set_service(&service.fqdn);
+    let started = Instant::now();
+    let guard = shared.live.register(
+        Direction::Outbound,
+        source,
+        destination,
+        started,
+        bytes.clone(),
+    );
+    guard.entry().set_service(&service);
     let log = AccessLog {
         direction: Direction::Outbound,
         source,
@@ -397,17 +416,18 @@ pub(crate) fn refuse(
         service: &service.fqdn,
         peer: "unknown",
         bytes: &bytes,
-        started: Instant::now(),
+        started,
         flags,
     };
     log.finish(recorder, flags);
 }
 
-/// Serves one outbound connection to its end. `gen` is the configuration the
-/// connection was accepted under; it keeps it to the end. `replay` holds bytes already
-/// read from the client (a gateway's first request head); they are sent upstream first
-/// and counted as received.
-pub(crate) async fn handle(
+/// Sets up one outbound connection under the configuration `gen` it was accepted with:
+/// route, connect (with retries), TLS and the metadata frame. Returns it ready to copy,
+/// or `None` when it was refused or failed (recorded and logged here). `replay` holds
+/// bytes already read from the client (a gateway's first request head); they are sent
+/// upstream first and counted as received.
+pub(crate) async fn setup(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
     client: TcpStream,
@@ -415,7 +435,7 @@ pub(crate) async fn handle(
     destination: SocketAddr,
     target: Target,
     replay: Vec<u8>,
-) {
+) -> Option<Established> {
     let started = Instant::now();
     let route = match &target {
         Target::Route { port, original } => Some((port, port.choose(), *original)),
@@ -427,14 +447,18 @@ pub(crate) async fn handle(
     };
     let local = shared.local.workload(None);
     let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, ResponseFlags::None);
-    let mut recorder = shared.metrics.recorder(fallback);
+    let recorder = shared.metrics.recorder(fallback);
     let bytes = recorder.byte_counters();
-    let guard = shared
-        .live
-        .register(Direction::Outbound, source, destination, bytes.clone());
-    guard.entry().set_service(&service.fqdn);
+    let guard = shared.live.register(
+        Direction::Outbound,
+        source,
+        destination,
+        started,
+        bytes.clone(),
+    );
+    guard.entry().set_service(&service);
     let ctx = format!("outbound {source}->{destination}");
-    let mut log = AccessLog {
+    let log = AccessLog {
         direction: Direction::Outbound,
         source,
         destination,
@@ -446,7 +470,7 @@ pub(crate) async fn handle(
         flags: ResponseFlags::None,
     };
 
-    let _permit = match gen
+    let permit = match gen
         .outbound_permits
         .as_ref()
         .map(|s| s.clone().try_acquire_owned())
@@ -454,7 +478,7 @@ pub(crate) async fn handle(
         Some(Err(_)) => {
             tracing::warn!(conn = %ctx, "outbound connection limit reached (limits.maxConnections); refusing");
             log.finish(recorder, ResponseFlags::UpstreamOverflow);
-            return;
+            return None;
         }
         Some(Ok(p)) => Some(p),
         None => None,
@@ -462,8 +486,8 @@ pub(crate) async fn handle(
 
     let limits = &gen.config.limits;
     // Held for the connection's life: the service port's and the endpoint's counts.
-    let mut _port_slot = None;
-    let mut _endpoint_load = None;
+    let mut port_slot = None;
+    let mut endpoint_load = None;
     let connected = match (&target, route) {
         (Target::NoRoute, _) => {
             tracing::warn!(conn = %ctx, "no route to {destination}: not a known service (outbound trafficPolicy REGISTRY_ONLY) or a loop to the proxy itself");
@@ -490,14 +514,14 @@ pub(crate) async fn handle(
             }
             if let Some(max) = port.max_connections {
                 match ActiveGuard::try_acquire(&port.active, max) {
-                    Some(g) => _port_slot = Some(g),
+                    Some(g) => port_slot = Some(g),
                     None => {
                         tracing::warn!(conn = %ctx, service = %port.key, max, "service port connection limit reached (maxConnections); refusing");
                         break 'route Err(ResponseFlags::UpstreamOverflow);
                     }
                 }
             } else {
-                _port_slot = Some(ActiveGuard::acquire(&port.active));
+                port_slot = Some(ActiveGuard::acquire(&port.active));
             }
             let order = r
                 .pool
@@ -514,7 +538,7 @@ pub(crate) async fn handle(
                 // then reserves room only for the copy, not for the handshake state.
                 match Box::pin(connect_endpoint(&shared, &gen, &c.endpoint, timeout)).await {
                     Ok(conn) => {
-                        _endpoint_load = load;
+                        endpoint_load = load;
                         result = Ok(conn);
                         break;
                     }
@@ -535,7 +559,7 @@ pub(crate) async fn handle(
     // Taken apart at once: a `Connected` kept whole would keep its storage (the stream's
     // included) reserved in this future for the connection's whole life.
     let Connected {
-        mut stream,
+        stream,
         address,
         peer_identity,
         own_identity,
@@ -544,118 +568,67 @@ pub(crate) async fn handle(
         Ok(c) => c,
         Err(flags) => {
             log.finish(recorder, flags);
-            return;
+            return None;
         }
     };
-    log.upstream = Some(address);
     guard.entry().set_upstream(address);
-
-    let local = shared.local.workload(own_identity.as_deref());
-    let unknown_peer = Workload {
-        principal: peer_identity.clone(),
-        ..Workload::unknown()
-    };
-    let mut peer_name = peer_identity.clone().unwrap_or_else(|| "unknown".into());
-    let mut on_result = |peer: Option<mx::PeerMetadata>, reason: Option<String>| {
-        let (workload, name) =
-            guard
-                .entry()
-                .note_peer(&ctx, peer.as_ref(), reason.as_deref(), &unknown_peer);
-        if let Some(name) = name {
-            peer_name = name;
-        }
-        recorder.resolve(TcpLabels::outbound(
-            &local,
-            &workload,
-            &service,
-            ResponseFlags::None,
-        ));
-    };
-    let mx = if exchange {
-        if let Err(e) = Box::pin(exchange::write_frame(
-            &mut stream,
-            shared.local.frame(),
-            limits.mx_timeout,
-        ))
-        .await
-        {
-            tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
-            recorder.close(None);
-            log.emit();
-            return;
-        }
-        Some(MxRead {
+    let mut established = Established {
+        shared,
+        // Taken out below, once the frame and the replayed head are written.
+        streams: Streams::Outbound(client, stream),
+        mx: exchange.then_some(MxParams {
             side: MxSide::Upstream,
-            max_frame_len: limits.mx_max_frame_bytes as usize,
+            max_frame_len: limits.mx_max_frame_bytes,
             timeout: limits.mx_timeout,
-            on_result: &mut on_result,
-        })
-    } else {
-        on_result(None, None);
-        None
+        }),
+        limits: connection::PumpLimits::from_config(limits),
+        bytes,
+        guard,
+        peer: Peer {
+            recorder,
+            reporter: Reporter::Source,
+            service,
+            names: Names::of(own_identity, peer_identity),
+        },
+        holds: Holds {
+            permit,
+            port: port_slot,
+            endpoint: endpoint_load,
+        },
     };
+    let Streams::Outbound(client, stream) = &mut established.streams else {
+        unreachable!("built as outbound just above")
+    };
+    if exchange {
+        let frame = established.shared.local.frame();
+        if let Err(e) = Box::pin(exchange::write_frame(stream, frame, limits.mx_timeout)).await {
+            tracing::warn!(conn = %ctx, error = %e, "writing metadata exchange frame failed");
+            established.abandon();
+            return None;
+        }
+    }
     if !replay.is_empty() {
-        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &replay);
+        let write = tokio::io::AsyncWriteExt::write_all(stream, &replay);
         match Box::pin(tokio::time::timeout(limits.connect_timeout, write)).await {
-            Ok(Ok(())) => bytes.add_received(replay.len() as u64),
+            Ok(Ok(())) => established.bytes.add_received(replay.len() as u64),
             Ok(Err(e)) => {
                 tracing::warn!(conn = %ctx, error = %e, "sending the request head upstream failed");
-                recorder.close(None);
-                log.emit();
-                return;
+                established.abandon();
+                return None;
             }
             Err(_) => {
                 tracing::warn!(conn = %ctx, "sending the request head upstream timed out");
-                recorder.close(None);
-                log.emit();
-                return;
+                established.abandon();
+                return None;
             }
         }
     }
-    drop(replay);
     let _ = client.set_nodelay(true);
-    let end = connection::pump(
-        client,
-        stream,
-        &bytes,
-        mx,
-        connection::PumpLimits::from_config(limits),
-        &shared.cut,
-        &ctx,
-    )
-    .await;
-    log.peer = &peer_name;
-    log.finish(recorder, end_flags(&end, &ctx));
+    if !exchange {
+        established.resolve_peer(None, None);
+    }
+    Some(established)
 }
 
 #[cfg(test)]
 mod tests;
-
-/// Response flags for how a pump ended, logging the unusual ends.
-pub(crate) fn end_flags(end: &PumpEnd, ctx: &str) -> ResponseFlags {
-    match end {
-        PumpEnd::Done => ResponseFlags::None,
-        PumpEnd::Cut => {
-            tracing::info!(conn = ctx, "connection closed at the drain deadline");
-            ResponseFlags::None
-        }
-        PumpEnd::Idle => {
-            tracing::info!(
-                conn = ctx,
-                "connection closed after limits.idleTimeout without data"
-            );
-            ResponseFlags::None
-        }
-        PumpEnd::DurationLimit => {
-            tracing::info!(
-                conn = ctx,
-                "connection closed at limits.maxConnectionDuration"
-            );
-            ResponseFlags::DurationTimeout
-        }
-        PumpEnd::Exchange(e) => {
-            tracing::warn!(conn = ctx, error = %e, "metadata exchange failed");
-            ResponseFlags::None
-        }
-    }
-}

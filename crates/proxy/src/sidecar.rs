@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{ConfigError, ProxyConfig};
-use crate::connection::LiveConnections;
+use crate::connection::{Established, LiveConnections};
 use crate::exchange::LocalNode;
 use crate::gateway::{self, GatewayTable};
 use crate::health::HealthMetrics;
-use crate::inbound::{self, InboundTarget};
+use crate::inbound::{self, InboundTargets};
 use crate::outbound::{self, RouteTable, Target};
 use crate::tls::{CertStore, TlsError};
 
@@ -138,6 +138,8 @@ pub(crate) struct Generation {
     /// The control plane's version string (`static` for the start-up configuration).
     pub(crate) version: String,
     pub(crate) routes: RouteTable,
+    /// Inbound ports' targets.
+    pub(crate) inbound: InboundTargets,
     /// Gateway servers' routes (gateway mode only).
     pub(crate) gateway: Option<GatewayTable>,
     pub(crate) inbound_permits: Option<Arc<Semaphore>>,
@@ -163,6 +165,7 @@ impl Generation {
             None => max.map(|n| Arc::new(Semaphore::new(n as usize))),
         };
         Self {
+            inbound: InboundTargets::new(&config),
             inbound_permits: permits(keep.map(|p| &p.inbound_permits)),
             outbound_permits: permits(keep.map(|p| &p.outbound_permits)),
             routes,
@@ -445,42 +448,58 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let gen = shared.current();
-        let kind = kind.clone();
-        let cut = shared.cut.clone();
-        tokio::spawn(async move {
-            let serve = serve(shared, gen, stream, peer, kind);
-            tokio::select! {
-                // The connection sees the cut itself when it is copying; this branch
-                // ends connections still connecting or handshaking.
-                biased;
-                _ = serve => {}
-                _ = cut.cancelled() => {}
-            }
-        });
+        tokio::spawn(connection(shared, gen, stream, peer, kind.clone()));
     }
 }
 
-async fn serve(
+/// One accepted connection's task. Its setup runs boxed, and the box is freed when the
+/// setup hands over: an open connection's task then holds only the [`Established`]
+/// connection and its relay, not the larger state of the phases before.
+fn connection(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
+    let cut = shared.cut.clone();
+    let setup = Box::pin(async move {
+        tokio::select! {
+            // A connection sees the cut itself once it is copying; this ends
+            // connections still connecting or handshaking.
+            biased;
+            established = setup(shared, gen, stream, peer, kind) => established,
+            _ = cut.cancelled() => None,
+        }
+    });
+    async move {
+        // The run future is pinned in place and awaited by reference, so this task
+        // stores it once (awaiting it by value would reserve a second copy).
+        let run = match setup.await {
+            Some(established) => established.run(),
+            None => return,
+        };
+        let run = std::pin::pin!(run);
+        run.await
+    }
+}
+
+/// Sets up an accepted connection as its listener says.
+async fn setup(
+    shared: Arc<Shared>,
+    gen: Arc<Generation>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+) -> Option<Established> {
     let local = stream.local_addr().unwrap_or(peer);
     match kind {
         Listener::InboundPort(port) => {
-            let target = gen
-                .config
-                .inbound
-                .ports
-                .iter()
-                .find(|p| p.port == port)
-                .map(InboundTarget::for_port);
-            inbound::handle(shared, gen, stream, peer, local, target).await
+            let target = gen.inbound.port(port);
+            inbound::setup(shared, gen, stream, peer, local, target).await
         }
         Listener::GatewayServer(port) => {
-            Box::pin(gateway::handle(shared, gen, stream, peer, local, port)).await
+            Box::pin(gateway::setup(shared, gen, stream, peer, local, port)).await
         }
         Listener::InboundCapture(listen) => {
             let original = original_destination(&stream)
@@ -490,18 +509,15 @@ async fn serve(
                     // A gateway server port: the connection is routed, not delivered to
                     // a local app. Boxed so that sidecar connections do not carry the
                     // gateway's larger future.
-                    return Box::pin(gateway::handle(shared, gen, stream, peer, dst, dst.port()))
+                    return Box::pin(gateway::setup(shared, gen, stream, peer, dst, dst.port()))
                         .await;
                 }
             }
             let (dst, target) = match original {
-                Some(dst) => (
-                    dst,
-                    Some(InboundTarget::for_original_destination(&gen.config, dst)),
-                ),
+                Some(dst) => (dst, Some(gen.inbound.for_original_destination(dst))),
                 None => (local, None),
             };
-            inbound::handle(shared, gen, stream, peer, dst, target).await
+            inbound::setup(shared, gen, stream, peer, dst, target).await
         }
         Listener::OutboundRoute(key) => {
             let target = match gen.routes.by_key(&key) {
@@ -511,7 +527,7 @@ async fn serve(
                 },
                 None => Target::NoRoute,
             };
-            outbound::handle(shared, gen, stream, peer, local, target, Vec::new()).await
+            outbound::setup(shared, gen, stream, peer, local, target, Vec::new()).await
         }
         Listener::OutboundCapture(listen) => {
             let (dst, target) = match original_destination(&stream) {
@@ -522,7 +538,7 @@ async fn serve(
                 // A direct connection to the capture port would loop back to us.
                 _ => (local, Target::NoRoute),
             };
-            outbound::handle(shared, gen, stream, peer, dst, target, Vec::new()).await
+            outbound::setup(shared, gen, stream, peer, dst, target, Vec::new()).await
         }
     }
 }

@@ -35,8 +35,10 @@ enum Held {
     /// Bytes `from..to` of a pooled buffer are still to be written.
     Buffer {
         buf: Vec<u8>,
-        from: usize,
-        to: usize,
+        // `u32`: a pooled buffer is 64 KiB, and every open connection carries two of
+        // these states.
+        from: u32,
+        to: u32,
     },
     /// `left` bytes in a pipe are still to be written.
     Pipe { pipe: Pipe, left: usize },
@@ -121,7 +123,7 @@ impl Dir {
                 self.held = Held::Buffer {
                     buf,
                     from: 0,
-                    to: n,
+                    to: n as u32,
                 };
                 Ok(true)
             }
@@ -180,10 +182,10 @@ impl Dir {
                 Held::Nothing => return Poll::Ready(Ok(())),
                 Held::Buffer { buf, from, to } if *from < *to => {
                     ready!(w.poll_write_ready(cx))?;
-                    match w.try_write(&buf[*from..*to]) {
+                    match w.try_write(&buf[*from as usize..*to as usize]) {
                         Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
-                            *from += n;
+                            *from += n as u32;
                             n
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -247,20 +249,21 @@ pub(super) struct Limits {
 impl Limits {
     /// `bytes` as they stand now (a replayed request head is counted before the copy
     /// starts): the idle clock starts from them.
-    pub(super) fn new(limits: PumpLimits, bytes: &ByteCounters) -> Option<Self> {
+    pub(super) fn new(limits: PumpLimits, bytes: &ByteCounters) -> Option<Box<Self>> {
         if limits.idle_timeout.is_none() && limits.max_duration.is_none() {
             return None;
         }
         let now = Instant::now();
         let end_at = limits.max_duration.map(|d| now + d);
         let first = earliest(limits.idle_timeout.map(|t| now + t), end_at);
-        Some(Self {
+        // Boxed: most connections have no limit and should not reserve room for one.
+        Some(Box::new(Self {
             sleep: Box::pin(tokio::time::sleep_until(first.unwrap_or(now))),
             idle: limits.idle_timeout,
             end_at,
             last: (bytes.received(), bytes.sent()),
             quiet_since: now,
-        })
+        }))
     }
 
     /// `Ready` with how the connection ends when a limit is reached. The timer wakes a
@@ -302,15 +305,15 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// Copies both ways between two plain TCP sockets until both directions end, one fails,
 /// a limit is reached or the proxy cuts its connections. Request bytes (downstream to
 /// upstream) are counted as received, response bytes as sent.
-pub(super) struct Relay<'a> {
+pub struct Relay<'a> {
     down: TcpStream,
     up: TcpStream,
     request: Dir,
     response: Dir,
     bytes: &'a ByteCounters,
-    limits: Option<Limits>,
+    limits: Option<Box<Limits>>,
     cut: Pin<Box<WaitForCancellationFuture<'a>>>,
-    log_ctx: &'a str,
+    log_ctx: &'a (dyn std::fmt::Display + Sync),
     /// Flips every poll: which direction goes first.
     flip: bool,
 }
@@ -320,9 +323,9 @@ impl<'a> Relay<'a> {
         down: TcpStream,
         up: TcpStream,
         bytes: &'a ByteCounters,
-        limits: PumpLimits,
+        limits: Option<Box<Limits>>,
         cut: &'a CancellationToken,
-        log_ctx: &'a str,
+        log_ctx: &'a (dyn std::fmt::Display + Sync),
     ) -> Self {
         Self {
             down,
@@ -330,7 +333,7 @@ impl<'a> Relay<'a> {
             request: Dir::default(),
             response: Dir::default(),
             bytes,
-            limits: Limits::new(limits, bytes),
+            limits,
             cut: Box::pin(cut.cancelled()),
             log_ctx,
             flip: false,
@@ -340,14 +343,14 @@ impl<'a> Relay<'a> {
 
 /// Logs how a direction of a relayed connection ended; true when the connection is
 /// over (an error ends both directions).
-pub(super) fn log_end(log_ctx: &str, end: CopyEnd, what: &str) -> bool {
+pub(super) fn log_end(log_ctx: &dyn std::fmt::Display, end: CopyEnd, what: &str) -> bool {
     match end {
         CopyEnd::Eof => false,
         CopyEnd::Error { error, after_data } => {
             if after_data && is_normal_end(&error) {
-                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended by the peer");
+                tracing::debug!(conn = %log_ctx, direction = what, %error, "connection ended by the peer");
             } else {
-                tracing::debug!(conn = log_ctx, direction = what, %error, "connection ended with an error");
+                tracing::debug!(conn = %log_ctx, direction = what, %error, "connection ended with an error");
             }
             true
         }

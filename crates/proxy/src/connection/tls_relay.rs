@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::relay::{log_end, Limits};
-use super::{MxRead, PumpEnd, PumpLimits};
+use super::{MxRead, PumpEnd};
 use crate::copy::{give_buffer, shutdown_tcp_end, take_buffer, CopyEnd};
 use crate::exchange::{self, ExchangeError, PeerFrame};
 
@@ -426,7 +426,7 @@ impl ToTls {
 /// Copies both ways between a TLS side and a plain TCP side until both directions end,
 /// one fails, the metadata exchange fails, a limit is reached or the proxy cuts its
 /// connections. Request bytes are counted as received, response bytes as sent.
-pub(super) struct TlsRelay<'a, 'm> {
+pub struct TlsRelay<'a, 'm> {
     plain: TcpStream,
     tls: Box<Tls>,
     /// The TLS side is the downstream (inbound); else the upstream (outbound).
@@ -434,9 +434,9 @@ pub(super) struct TlsRelay<'a, 'm> {
     from_tls: FromTls<'m>,
     to_tls: ToTls,
     bytes: &'a ByteCounters,
-    limits: Option<Limits>,
+    limits: Option<Box<Limits>>,
     cut: Pin<Box<WaitForCancellationFuture<'a>>>,
-    log_ctx: &'a str,
+    log_ctx: &'a (dyn std::fmt::Display + Sync),
     /// Flips every poll: which direction goes first.
     flip: bool,
 }
@@ -453,9 +453,9 @@ impl<'a, 'm> TlsRelay<'a, 'm> {
         tls_downstream: bool,
         mx: Option<MxRead<'m>>,
         bytes: &'a ByteCounters,
-        limits: PumpLimits,
+        limits: Option<Box<Limits>>,
         cut: &'a CancellationToken,
-        log_ctx: &'a str,
+        log_ctx: &'a (dyn std::fmt::Display + Sync),
     ) -> Self {
         // Reads are bounded by the pooled buffer and flushed before the next one.
         session.set_buffer_limit(None);
@@ -474,7 +474,7 @@ impl<'a, 'm> TlsRelay<'a, 'm> {
             },
             to_tls: ToTls::default(),
             bytes,
-            limits: Limits::new(limits, bytes),
+            limits,
             cut: Box::pin(cut.cancelled()),
             log_ctx,
             flip: false,
