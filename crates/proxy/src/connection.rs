@@ -141,14 +141,36 @@ impl LiveEntry {
     }
 }
 
-/// How log lines name a connection: `outbound 10.0.0.1:43512->10.96.0.7:3306`.
+/// How log lines name a connection: `outbound 10.0.0.1:43512->10.96.0.7:3306`. Written
+/// out only when a line is logged, so naming costs a connection nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnName {
+    /// `outbound`, `inbound` or `gateway`.
+    pub kind: &'static str,
+    /// Client address.
+    pub source: SocketAddr,
+    /// Address the client asked for.
+    pub destination: SocketAddr,
+}
+
+impl fmt::Display for ConnName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}->{}", self.kind, self.source, self.destination)
+    }
+}
+
 impl fmt::Display for LiveEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let direction = match self.direction {
+        let kind = match self.direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
         };
-        write!(f, "{direction} {}->{}", self.source, self.destination)
+        ConnName {
+            kind,
+            source: self.source,
+            destination: self.destination,
+        }
+        .fmt(f)
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{host_selected, GatewayConfig, GatewayProtocol, PathMatch};
-use crate::connection::Established;
+use crate::connection::{self, Established};
 use crate::outbound::{self, RouteTable, ServicePort, Target};
 use crate::sidecar::{Generation, Shared};
 
@@ -312,7 +312,11 @@ pub(crate) async fn setup(
     destination: SocketAddr,
     port: u16,
 ) -> Option<Established> {
-    let ctx = format!("gateway {source}->{destination}");
+    let ctx = connection::ConnName {
+        kind: "gateway",
+        source,
+        destination,
+    };
     let server = gen.gateway.as_ref().and_then(|g| g.servers.get(&port));
     let target = match server {
         None | Some(ServerRoutes::Tcp(None)) => {

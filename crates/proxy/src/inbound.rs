@@ -114,7 +114,11 @@ pub(crate) async fn setup(
     target: Option<InboundTarget>,
 ) -> Option<Established> {
     let started = Instant::now();
-    let ctx = format!("inbound {source}->{destination}");
+    let ctx = connection::ConnName {
+        kind: "inbound",
+        source,
+        destination,
+    };
     let limits = &gen.config.limits;
     let _ = client.set_nodelay(true);
 

@@ -457,7 +457,11 @@ pub(crate) async fn setup(
         bytes.clone(),
     );
     guard.entry().set_service(&service);
-    let ctx = format!("outbound {source}->{destination}");
+    let ctx = connection::ConnName {
+        kind: "outbound",
+        source,
+        destination,
+    };
     let log = AccessLog {
         direction: Direction::Outbound,
         source,

@@ -432,6 +432,14 @@ async fn accept_loop(
     kind: Listener,
     stop: CancellationToken,
 ) {
+    // An explicit listener bound to one address is every connection's local address:
+    // known here, it saves a `getsockname` per connection. Capture listeners (and
+    // wildcard binds) ask each socket.
+    let local = match (&kind, listener.local_addr()) {
+        (Listener::InboundCapture(_) | Listener::OutboundCapture(_), _) => None,
+        (_, Ok(addr)) if !addr.ip().is_unspecified() => Some(addr),
+        _ => None,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -448,7 +456,8 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let gen = shared.current();
-        tokio::spawn(connection(shared, gen, stream, peer, kind.clone()));
+        let local = local.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
+        tokio::spawn(connection(shared, gen, stream, peer, local, kind.clone()));
     }
 }
 
@@ -460,6 +469,7 @@ fn connection(
     gen: Arc<Generation>,
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     kind: Listener,
 ) -> impl std::future::Future<Output = ()> + Send {
     let cut = shared.cut.clone();
@@ -468,7 +478,7 @@ fn connection(
             // A connection sees the cut itself once it is copying; this ends
             // connections still connecting or handshaking.
             biased;
-            established = setup(shared, gen, stream, peer, kind) => established,
+            established = setup(shared, gen, stream, peer, local, kind) => established,
             _ = cut.cancelled() => None,
         }
     });
@@ -484,15 +494,16 @@ fn connection(
     }
 }
 
-/// Sets up an accepted connection as its listener says.
+/// Sets up an accepted connection as its listener says; `local` is the address it was
+/// accepted on.
 async fn setup(
     shared: Arc<Shared>,
     gen: Arc<Generation>,
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     kind: Listener,
 ) -> Option<Established> {
-    let local = stream.local_addr().unwrap_or(peer);
     match kind {
         Listener::InboundPort(port) => {
             let target = gen.inbound.port(port);

@@ -76,13 +76,16 @@ impl Dir {
     }
 
     /// Moves bytes from `r` to `w` until `r` would block (`Pending`), ends (`Eof`, with
-    /// `w` shut down for sending) or fails. `count` is told every byte written.
+    /// `w` shut down for sending unless `last`) or fails. `count` is told every byte
+    /// written. `last`: the other direction is over, so both sockets are closed as soon
+    /// as this one ends, and closing `w` sends its end of stream.
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
         r: &TcpStream,
         w: &TcpStream,
         count: &dyn Fn(u64),
+        last: bool,
     ) -> Poll<CopyEnd> {
         loop {
             if let Err(e) = ready!(self.poll_flush(cx, w, count)) {
@@ -101,9 +104,9 @@ impl Dir {
                 // `try_io` and `try_read` cleared the readiness: the next
                 // `poll_read_ready` registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Ok(false) => return Poll::Ready(self.finish(w)),
+                Ok(false) => return Poll::Ready(self.finish(w, last)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Poll::Ready(self.finish(w))
+                    return Poll::Ready(self.finish(w, last))
                 }
                 Err(e) => return Poll::Ready(self.error(e)),
             }
@@ -113,23 +116,35 @@ impl Dir {
     /// Reads one burst into a pooled buffer; `Ok(false)` at end of stream.
     fn read_in(&mut self, r: &TcpStream) -> io::Result<bool> {
         let mut buf = take_buffer();
-        match r.try_read(&mut buf) {
-            Ok(0) => {
+        let mut got = 0;
+        let read = r.try_io(Interest::READABLE, || {
+            got = io::Read::read(&mut &*socket2::SockRef::from(r), &mut buf)?;
+            if got > 0 && got < buf.len() {
+                // A short read emptied the socket: report it as drained, so the
+                // readiness is cleared now and the next poll waits for the next edge
+                // instead of spending a read on EAGAIN. An end of stream that follows
+                // is not missed: tokio never clears the read-closed readiness.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match read {
+            Ok(()) if got == 0 => {
                 give_buffer(buf);
                 Ok(false)
             }
-            Ok(n) => {
-                self.bulk = n == buf.len();
+            Err(e) if got == 0 || e.kind() != io::ErrorKind::WouldBlock => {
+                give_buffer(buf);
+                Err(e)
+            }
+            _ => {
+                self.bulk = got == buf.len();
                 self.held = Held::Buffer {
                     buf,
                     from: 0,
-                    to: n as u32,
+                    to: got as u32,
                 };
                 Ok(true)
-            }
-            Err(e) => {
-                give_buffer(buf);
-                Err(e)
             }
         }
     }
@@ -229,9 +244,14 @@ impl Dir {
     }
 
     /// End of stream: shut the writer's sending side, so a half-closing client still
-    /// receives the whole response.
-    fn finish(&mut self, w: &TcpStream) -> CopyEnd {
+    /// receives the whole response. Not when this is the `last` direction: both sockets
+    /// are closed next, which sends the same end of stream one call cheaper (neither has
+    /// unread bytes, so neither close turns into a reset).
+    fn finish(&mut self, w: &TcpStream, last: bool) -> CopyEnd {
         self.done = true;
+        if last {
+            return CopyEnd::Eof;
+        }
         shutdown_tcp_end(w, self.moved)
     }
 }
@@ -376,19 +396,24 @@ impl Future for Relay<'_> {
         this.flip = !this.flip;
         for request in [this.flip, !this.flip] {
             let bytes = this.bytes;
-            let (dir, r, w, what, count): (_, _, _, _, &dyn Fn(u64)) = if request {
-                (&mut this.request, &this.down, &this.up, "request", &|n| {
+            let Relay {
+                request: req,
+                response: resp,
+                ..
+            } = this;
+            let (dir, last, r, w, what, count): (_, _, _, _, _, &dyn Fn(u64)) = if request {
+                (req, resp.done, &this.down, &this.up, "request", &|n| {
                     bytes.add_received(n)
                 })
             } else {
-                (&mut this.response, &this.up, &this.down, "response", &|n| {
+                (resp, req.done, &this.up, &this.down, "response", &|n| {
                     bytes.add_sent(n)
                 })
             };
             if dir.done {
                 continue;
             }
-            if let Poll::Ready(end) = dir.poll_move(cx, r, w, count) {
+            if let Poll::Ready(end) = dir.poll_move(cx, r, w, count, last) {
                 if log_end(this.log_ctx, end, what) {
                     return Poll::Ready(PumpEnd::Done);
                 }

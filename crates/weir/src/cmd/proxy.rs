@@ -45,6 +45,11 @@ pub struct ProxyArgs {
     control_plane_name: String,
     #[command(flatten)]
     log: LogArgs,
+    /// Worker threads (Istio's proxy `concurrency`). 1 runs every connection on one
+    /// thread with no work stealing, the cheapest shape for a sidecar given one CPU;
+    /// 0 or unset: one per CPU this process may run on.
+    #[arg(long, env = "WEIR_CONCURRENCY", global = true, value_name = "N")]
+    concurrency: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,13 +174,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         Some(ProxyCommand::Forward(fwd)) => {
             let config = fwd.config()?;
             let setter = init_logging(&args.log)?;
-            serve(config, setter)
+            serve_with(config, setter, None, args.concurrency)
         }
         Some(ProxyCommand::Sidecar(sidecar)) => {
             let (config, control) = sidecar.bootstrap(&super::sidecar::process_env)?;
             let setter = init_logging(&args.log)?;
             tracing::info!(config = %serde_json_compact(&config), control_plane = %control.addr, "sidecar bootstrap from the pod's environment");
-            serve_with(config, setter, Some(control))
+            serve_with(config, setter, Some(control), args.concurrency)
         }
         None => {
             let path = args.config.context(
@@ -206,7 +211,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            serve_with(config, setter, control)
+            serve_with(config, setter, control, args.concurrency)
         }
     }
 }
@@ -281,8 +286,27 @@ impl xds::client::ConfigSink for HandleSink {
     }
 }
 
-fn serve(config: ProxyConfig, log_level: LogLevelSetter) -> anyhow::Result<()> {
-    serve_with(config, log_level, None)
+/// The proxy's runtime: `concurrency` worker threads, or one per CPU this process may
+/// run on. A single worker is a current-thread runtime: the accept loops and every
+/// connection share one thread and one queue, without the multi-thread scheduler's
+/// cross-thread bookkeeping.
+fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match concurrency {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .thread_name("weir-proxy")
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Starts the proxy (following the control plane when given), waits for SIGTERM/SIGINT
@@ -291,12 +315,9 @@ fn serve_with(
     config: ProxyConfig,
     log_level: LogLevelSetter,
     control: Option<ControlPlane>,
+    concurrency: Option<usize>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weir-proxy")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime(concurrency)?;
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
