@@ -600,6 +600,10 @@ pub(crate) async fn setup(
             endpoint: endpoint_load,
         },
     };
+    if !exchange {
+        // Known now: a failed replay below is recorded under the resolved labels.
+        established.resolve_peer(None, None);
+    }
     let Streams::Outbound(client, stream) = &mut established.streams else {
         unreachable!("built as outbound just above")
     };
@@ -628,9 +632,6 @@ pub(crate) async fn setup(
         }
     }
     let _ = client.set_nodelay(true);
-    if !exchange {
-        established.resolve_peer(None, None);
-    }
     Some(established)
 }
 

@@ -101,8 +101,8 @@ impl Dir {
             };
             match read {
                 Ok(true) => {}
-                // `try_io` and `try_read` cleared the readiness: the next
-                // `poll_read_ready` registers the waker.
+                // `try_io` cleared the readiness: the next `poll_read_ready`
+                // registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Ok(false) => return Poll::Ready(self.finish(w, last)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -123,7 +123,10 @@ impl Dir {
                 // A short read emptied the socket: report it as drained, so the
                 // readiness is cleared now and the next poll waits for the next edge
                 // instead of spending a read on EAGAIN. An end of stream that follows
-                // is not missed: tokio never clears the read-closed readiness.
+                // is not missed: tokio never clears the read-closed readiness. (The one
+                // short read that leaves bytes queued stops at a TCP urgent mark; the
+                // bytes after it wait for the peer's next segment or its close.
+                // Urgent data is obsolete, RFC 6093, and was never relayed.)
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(())

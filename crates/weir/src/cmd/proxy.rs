@@ -47,9 +47,15 @@ pub struct ProxyArgs {
     log: LogArgs,
     /// Worker threads (Istio's proxy `concurrency`). 1 runs every connection on one
     /// thread with no work stealing, the cheapest shape for a sidecar given one CPU;
-    /// 0 or unset: one per CPU this process may run on.
-    #[arg(long, env = "WEIR_CONCURRENCY", global = true, value_name = "N")]
-    concurrency: Option<usize>,
+    /// 0 or unset: one per CPU this process may run on. At most 1024.
+    #[arg(
+        long,
+        env = "WEIR_CONCURRENCY",
+        global = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(0..=1024)
+    )]
+    concurrency: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -290,9 +296,9 @@ impl xds::client::ConfigSink for HandleSink {
 /// run on. A single worker is a current-thread runtime: the accept loops and every
 /// connection share one thread and one queue, without the multi-thread scheduler's
 /// cross-thread bookkeeping.
-fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(concurrency: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
     let workers = match concurrency {
-        Some(n) if n > 0 => n,
+        Some(n) if n > 0 => usize::from(n),
         _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut builder = if workers == 1 {
@@ -315,7 +321,7 @@ fn serve_with(
     config: ProxyConfig,
     log_level: LogLevelSetter,
     control: Option<ControlPlane>,
-    concurrency: Option<usize>,
+    concurrency: Option<u16>,
 ) -> anyhow::Result<()> {
     let runtime = runtime(concurrency)?;
     runtime.block_on(async move {
