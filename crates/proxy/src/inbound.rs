@@ -195,16 +195,14 @@ pub(crate) async fn setup(
         ..Workload::unknown()
     };
     let fallback = TcpLabels::inbound(&local, &unknown_peer, &service, policy, ResponseFlags::None);
-    let recorder = shared.metrics.recorder(fallback);
-    let bytes = recorder.byte_counters();
-    let guard = shared.live.register(
+    let (recorder, bytes, guard) = shared.open(
         Direction::Inbound,
         source,
         destination,
         started,
-        bytes.clone(),
+        &service,
+        fallback,
     );
-    guard.entry().set_service(&service);
     let mut log = AccessLog {
         direction: Direction::Inbound,
         source,
@@ -256,11 +254,7 @@ pub(crate) async fn setup(
     let mut established = Established {
         shared,
         streams: Streams::Inbound(downstream, app),
-        mx: exchange_on.then_some(MxParams {
-            side: MxSide::Downstream,
-            max_frame_len: limits.mx_max_frame_bytes,
-            timeout: limits.mx_timeout,
-        }),
+        mx: exchange_on.then(|| MxParams::new(MxSide::Downstream, limits)),
         limits: connection::PumpLimits::from_config(limits),
         bytes,
         guard,

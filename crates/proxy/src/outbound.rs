@@ -397,17 +397,15 @@ pub(crate) fn refuse(
     let service = Target::NoRoute.service();
     let local = shared.local.workload(None);
     let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, flags);
-    let recorder = shared.metrics.recorder(fallback);
-    let bytes = recorder.byte_counters();
     let started = Instant::now();
-    let guard = shared.live.register(
+    let (recorder, bytes, _guard) = shared.open(
         Direction::Outbound,
         source,
         destination,
         started,
-        bytes.clone(),
+        &service,
+        fallback,
     );
-    guard.entry().set_service(&service);
     let log = AccessLog {
         direction: Direction::Outbound,
         source,
@@ -447,16 +445,14 @@ pub(crate) async fn setup(
     };
     let local = shared.local.workload(None);
     let fallback = TcpLabels::outbound(&local, &Workload::unknown(), &service, ResponseFlags::None);
-    let recorder = shared.metrics.recorder(fallback);
-    let bytes = recorder.byte_counters();
-    let guard = shared.live.register(
+    let (recorder, bytes, guard) = shared.open(
         Direction::Outbound,
         source,
         destination,
         started,
-        bytes.clone(),
+        &service,
+        fallback,
     );
-    guard.entry().set_service(&service);
     let ctx = connection::ConnName {
         kind: "outbound",
         source,
@@ -580,11 +576,7 @@ pub(crate) async fn setup(
         shared,
         // Taken out below, once the frame and the replayed head are written.
         streams: Streams::Outbound(client, stream),
-        mx: exchange.then_some(MxParams {
-            side: MxSide::Upstream,
-            max_frame_len: limits.mx_max_frame_bytes,
-            timeout: limits.mx_timeout,
-        }),
+        mx: exchange.then(|| MxParams::new(MxSide::Upstream, limits)),
         limits: connection::PumpLimits::from_config(limits),
         bytes,
         guard,

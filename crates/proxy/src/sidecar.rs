@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{ConfigError, ProxyConfig};
-use crate::connection::{Established, LiveConnections};
+use crate::connection::{Direction, Established, LiveConnections, LiveGuard};
 use crate::exchange::LocalNode;
 use crate::gateway::{self, GatewayTable};
 use crate::health::HealthMetrics;
@@ -119,6 +119,31 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts recording a connection accepted at `started`: its recorder (under
+    /// `fallback` until its peer is known), byte counters, and live-table entry naming
+    /// `service`.
+    pub(crate) fn open(
+        &self,
+        direction: Direction,
+        source: SocketAddr,
+        destination: SocketAddr,
+        started: std::time::Instant,
+        service: &Arc<telemetry::DestinationService>,
+        fallback: telemetry::TcpLabels,
+    ) -> (
+        telemetry::ConnectionRecorder,
+        Arc<telemetry::ByteCounters>,
+        LiveGuard,
+    ) {
+        let recorder = self.metrics.recorder(fallback);
+        let bytes = recorder.byte_counters();
+        let guard = self
+            .live
+            .register(direction, source, destination, started, bytes.clone());
+        guard.entry().set_service(service);
+        (recorder, bytes, guard)
+    }
+
     /// The configuration in force now.
     pub(crate) fn current(&self) -> Arc<Generation> {
         self.state

@@ -48,6 +48,17 @@ pub(crate) struct MxParams {
     pub(crate) timeout: Duration,
 }
 
+impl MxParams {
+    /// Reading the frame from `side` under the configured limits.
+    pub(crate) fn new(side: MxSide, limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            side,
+            max_frame_len: limits.mx_max_frame_bytes,
+            timeout: limits.mx_timeout,
+        }
+    }
+}
+
 /// What is known of the peer, and the recorder its labels go to.
 pub(crate) struct Peer {
     pub(crate) recorder: ConnectionRecorder,
