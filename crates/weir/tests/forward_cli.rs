@@ -1,5 +1,5 @@
-//! `weir-proxy forward`: a metered TCP hop on one worker thread or several, and a bad
-//! `--concurrency` named in the error.
+//! `weir-proxy forward`: a metered TCP hop on one worker thread or several, a bad
+//! `--concurrency` named in the error, and glibc's copy tunable on AMD processors.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -139,4 +139,63 @@ fn a_bad_concurrency_is_named() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--concurrency"), "{stderr}");
+}
+
+/// The proxy's environment once it serves (`/proc/PID/environ`, one variable a line).
+/// glibc splits `GLIBC_TUNABLES` at its colons in place, so each tunable after the
+/// first shows on a line of its own.
+fn serving_environment(tunables: Option<&str>) -> String {
+    let upstream = echo_server();
+    let (listen, stats, admin, ready) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let mut command = Command::new(PROXY);
+    command
+        .args(["forward", "--listen", &listen.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .args(["--stats", &stats.to_string(), "--admin", &admin.to_string()])
+        .args(["--readiness", &ready.to_string(), "--log-level", "warn"])
+        .env_remove("GLIBC_TUNABLES")
+        .stdout(Stdio::null());
+    if let Some(tunables) = tunables {
+        command.env("GLIBC_TUNABLES", tunables);
+    }
+    let proxy = Running(command.spawn().expect("start weir-proxy"));
+    // Serving means any exec is behind it: the listener belongs to the final image.
+    drop(connect_within(listen, Duration::from_secs(10)));
+    let environ = std::fs::read(format!("/proc/{}/environ", proxy.0.id())).unwrap();
+    String::from_utf8_lossy(&environ).replace('\0', "\n")
+}
+
+#[test]
+fn on_amd_processors_memcpy_keeps_off_rep_movsb_unless_the_operator_chose() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let first = cpuinfo.split("\n\n").next().unwrap();
+    let amd = cfg!(all(target_arch = "x86_64", target_env = "gnu"))
+        && (first.contains("AuthenticAMD") || first.contains("HygonGenuine"))
+        && first
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "erms"));
+    let ours = "glibc.cpu.x86_rep_movsb_threshold=1073741824";
+
+    let env = serving_environment(None);
+    assert_eq!(
+        env.contains(&format!("GLIBC_TUNABLES={ours}\n")),
+        amd,
+        "{env}"
+    );
+    assert_eq!(env.contains("GLIBC_TUNABLES="), amd, "{env}");
+
+    let env = serving_environment(Some("glibc.malloc.arena_max=2"));
+    assert!(
+        env.contains("GLIBC_TUNABLES=glibc.malloc.arena_max=2\n"),
+        "{env}"
+    );
+    assert_eq!(env.contains(&format!("\n{ours}\n")), amd, "{env}");
+
+    // The operator's own threshold is kept, on any processor.
+    let env = serving_environment(Some("glibc.cpu.x86_rep_movsb_threshold=8192"));
+    assert!(
+        env.contains("GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=8192\n"),
+        "{env}"
+    );
+    assert!(!env.contains("1073741824"), "{env}");
 }

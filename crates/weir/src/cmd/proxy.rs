@@ -16,6 +16,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
+mod memcpy;
+
 /// Flags of `weir proxy`.
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -175,18 +177,29 @@ impl ForwardArgs {
 
 /// Runs `weir proxy`.
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let serves = match &args.command {
+        Some(ProxyCommand::Init(_)) => false,
+        Some(_) => true,
+        None => !args.check,
+    };
+    // Before the runtime's threads exist: on success this does not return.
+    let memcpy = if serves {
+        memcpy::ensure()
+    } else {
+        memcpy::Outcome::Unneeded
+    };
     match args.command {
         Some(ProxyCommand::Init(init)) => super::init::run(init),
         Some(ProxyCommand::Forward(fwd)) => {
             let config = fwd.config()?;
             let setter = init_logging(&args.log)?;
-            serve_with(config, setter, None, args.concurrency)
+            serve_with(config, setter, None, args.concurrency, memcpy)
         }
         Some(ProxyCommand::Sidecar(sidecar)) => {
             let (config, control) = sidecar.bootstrap(&super::sidecar::process_env)?;
             let setter = init_logging(&args.log)?;
             tracing::info!(config = %serde_json_compact(&config), control_plane = %control.addr, "sidecar bootstrap from the pod's environment");
-            serve_with(config, setter, Some(control), args.concurrency)
+            serve_with(config, setter, Some(control), args.concurrency, memcpy)
         }
         None => {
             let path = args.config.context(
@@ -217,7 +230,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            serve_with(config, setter, control, args.concurrency)
+            serve_with(config, setter, control, args.concurrency, memcpy)
         }
     }
 }
@@ -322,7 +335,11 @@ fn serve_with(
     log_level: LogLevelSetter,
     control: Option<ControlPlane>,
     concurrency: Option<u16>,
+    memcpy: memcpy::Outcome,
 ) -> anyhow::Result<()> {
+    if let memcpy::Outcome::Failed(error) = memcpy {
+        tracing::warn!(%error, "could not restart with glibc's rep movsb threshold raised (slower TLS copies on AMD processors); set GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1073741824 in the proxy's environment");
+    }
     let runtime = runtime(concurrency)?;
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,143 @@
+//! Keeps glibc's `memcpy` off `rep movsb` on AMD processors.
+//!
+//! On AMD Zen cores, `rep movsb` copies some 20 times slower when the destination sits
+//! less than half a 64-byte line past the source (glibc bug 30994). glibc 2.36, the
+//! version Debian 12 ships, still uses it for every copy of a few KiB and up; glibc 2.39
+//! stopped doing so on these processors. rustls copies each decrypted record into a
+//! fresh allocation, so a receiving mTLS sidecar meets that case on about half its
+//! records: in the benchmark, that one copy took a fifth of the proxies' core
+//! (BENCHMARKS.md). glibc reads its tunables once, before `main`, so the proxy execs
+//! itself again with `glibc.cpu.x86_rep_movsb_threshold` raised past any copy it makes.
+//! A threshold the operator set is kept as it is.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+
+/// The environment variable glibc reads its tunables from.
+const TUNABLES: &str = "GLIBC_TUNABLES";
+/// The tunable that decides from which size `memcpy` uses `rep movsb`.
+const KEY: &str = "glibc.cpu.x86_rep_movsb_threshold";
+/// 1 GiB: larger than any copy the proxy makes, so `rep movsb` is never used.
+const THRESHOLD: &str = "1073741824";
+
+/// What [`ensure`] did when it returned (on success it does not return: the process
+/// image is replaced).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to do: not an AMD processor, not glibc on x86-64, or the tunable is set.
+    Unneeded,
+    /// The exec failed; the proxy runs with glibc's default copy strategy.
+    Failed(String),
+}
+
+/// Replaces the process with itself, run with the tunable added, when this machine
+/// needs it. Call before any thread starts or any file is opened.
+pub fn ensure() -> Outcome {
+    if !cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
+        return Outcome::Unneeded;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let current = std::env::var_os(TUNABLES);
+    let Some(tunables) = with_threshold(current.as_deref(), is_amd(&cpuinfo)) else {
+        return Outcome::Unneeded;
+    };
+    Outcome::Failed(reexec(&tunables).to_string())
+}
+
+/// Execs `/proc/self/exe` with the same arguments and `GLIBC_TUNABLES` set; returns only
+/// on failure.
+fn reexec(tunables: &OsStr) -> io::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    command.args(args).env(TUNABLES, tunables).exec()
+}
+
+/// True when the first processor in `/proc/cpuinfo` is AMD's (or Hygon's, the same
+/// cores) and has `rep movsb` fast enough that glibc picks it (`erms`).
+fn is_amd(cpuinfo: &str) -> bool {
+    let first = cpuinfo.split("\n\n").next().unwrap_or_default();
+    let field = |name: &str| {
+        first.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim())
+        })
+    };
+    let vendor = matches!(field("vendor_id"), Some("AuthenticAMD" | "HygonGenuine"));
+    let erms = field("flags").is_some_and(|flags| flags.split_whitespace().any(|f| f == "erms"));
+    vendor && erms
+}
+
+/// The `GLIBC_TUNABLES` value to exec with, or `None` when the process should run as
+/// it is: not an affected processor, or the threshold is already set (by the
+/// operator, or by the exec that started this process).
+fn with_threshold(current: Option<&OsStr>, amd: bool) -> Option<OsString> {
+    if !amd {
+        return None;
+    }
+    let setting = format!("{KEY}={THRESHOLD}");
+    match current {
+        None => Some(setting.into()),
+        Some(current) if current.is_empty() => Some(setting.into()),
+        Some(current) => {
+            let set = current
+                .to_string_lossy()
+                .split(':')
+                .any(|entry| entry.split_once('=').is_some_and(|(key, _)| key == KEY));
+            if set {
+                return None;
+            }
+            let mut value = current.to_owned();
+            value.push(":");
+            value.push(setting);
+            Some(value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AMD: &str =
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 erms fsrm\n\n\
+                       processor\t: 1\nvendor_id\t: AuthenticAMD\n";
+    const INTEL: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu erms fsrm\n";
+
+    #[test]
+    fn only_amd_processors_with_erms_are_affected() {
+        assert!(is_amd(AMD));
+        assert!(!is_amd(INTEL));
+        assert!(!is_amd("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2\n"));
+        assert!(is_amd("vendor_id : HygonGenuine\nflags : erms\n"));
+        assert!(!is_amd(""));
+    }
+
+    #[test]
+    fn the_threshold_is_added_once_and_an_operators_value_is_kept() {
+        let ours = format!("{KEY}={THRESHOLD}");
+        assert_eq!(with_threshold(None, true), Some(OsString::from(&ours)));
+        assert_eq!(
+            with_threshold(Some(OsStr::new("")), true),
+            Some(OsString::from(&ours))
+        );
+        assert_eq!(
+            with_threshold(Some(OsStr::new("glibc.malloc.arena_max=2")), true),
+            Some(OsString::from(format!("glibc.malloc.arena_max=2:{ours}")))
+        );
+        // Already set: by the exec that started this process, or by the operator.
+        assert_eq!(with_threshold(Some(OsStr::new(&ours)), true), None);
+        let operator = format!("glibc.malloc.arena_max=2:{KEY}=8192");
+        assert_eq!(with_threshold(Some(OsStr::new(&operator)), true), None);
+        // A key that only starts the same is a different tunable.
+        let other = format!("{KEY}_x=1");
+        assert_eq!(
+            with_threshold(Some(OsStr::new(&other)), true),
+            Some(OsString::from(format!("{other}:{ours}")))
+        );
+        assert_eq!(with_threshold(None, false), None);
+    }
+}
