@@ -141,7 +141,8 @@ fn a_bad_concurrency_is_named() {
     assert!(stderr.contains("--concurrency"), "{stderr}");
 }
 
-/// The proxy's environment once it serves (`/proc/PID/environ`, one variable a line).
+/// The proxy's environment once it serves (`/proc/PID/environ`, one variable a line),
+/// having checked that it still goes by its own name.
 /// glibc splits `GLIBC_TUNABLES` at its colons in place, so each tunable after the
 /// first shows on a line of its own.
 fn serving_environment(tunables: Option<&str>) -> String {
@@ -161,7 +162,11 @@ fn serving_environment(tunables: Option<&str>) -> String {
     let proxy = Running(command.spawn().expect("start weir-proxy"));
     // Serving means any exec is behind it: the listener belongs to the final image.
     drop(connect_within(listen, Duration::from_secs(10)));
-    let environ = std::fs::read(format!("/proc/{}/environ", proxy.0.id())).unwrap();
+    let pid = proxy.0.id();
+    // An exec keeps the process's name (what ps, pgrep and pkill see).
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "weir-proxy");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     String::from_utf8_lossy(&environ).replace('\0', "\n")
 }
 

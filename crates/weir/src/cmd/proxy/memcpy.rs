@@ -44,12 +44,25 @@ pub fn ensure() -> Outcome {
     Outcome::Failed(reexec(&tunables).to_string())
 }
 
-/// Execs `/proc/self/exe` with the same arguments and `GLIBC_TUNABLES` set; returns only
-/// on failure.
+/// Execs the running binary with the same arguments and `GLIBC_TUNABLES` set; returns
+/// only on failure. The binary is named by its path, not `/proc/self/exe`, because the
+/// kernel names the process after the file exec'd: `ps`, `pgrep weir-proxy` and
+/// `pkill` would otherwise see `exe`.
 fn reexec(tunables: &OsStr) -> io::Error {
     use std::os::unix::process::CommandExt as _;
+    let path = match std::env::current_exe() {
+        Ok(path) if path.is_file() => path,
+        // Replaced or removed since it started (an upgrade): run on as it is.
+        Ok(path) => {
+            return io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is no longer there", path.display()),
+            )
+        }
+        Err(e) => return e,
+    };
     let mut args = std::env::args_os();
-    let mut command = std::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new(path);
     if let Some(arg0) = args.next() {
         command.arg0(arg0);
     }
