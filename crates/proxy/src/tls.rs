@@ -63,9 +63,23 @@ pub enum TlsError {
     },
 }
 
-/// The crypto provider used everywhere (ring).
+/// The crypto provider used everywhere (ring), with AES-128-GCM preferred.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Envoy (BoringSSL) offers AES-128-GCM before AES-256-GCM on processors with AES
+    // instructions, so that is what Istio's own proxies negotiate; it is also the
+    // cheaper of the two (10 AES rounds rather than 14), and mutual TLS is where a
+    // sidecar spends its processor time. Stable: ring's order is kept otherwise.
+    provider.cipher_suites.sort_by_key(|suite| {
+        let aes_128 = matches!(
+            suite.suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (suite.tls13().is_none(), !aes_128)
+    });
+    Arc::new(provider)
 }
 
 /// One consistent set of workload certificates and the configurations built from them.

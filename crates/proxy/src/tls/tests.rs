@@ -49,6 +49,58 @@ fn loads_istio_layout_and_reads_the_identity() {
 }
 
 #[test]
+fn two_sidecars_negotiate_tls13_with_aes_128_gcm_as_envoy_does() {
+    let dir = tempfile::tempdir().unwrap();
+    write_set(dir.path(), ID);
+    let certs = WorkloadCerts::load(dir.path()).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("outbound.weir").unwrap();
+    let mut client = rustls::ClientConnection::new(certs.client_config(ID).unwrap(), name).unwrap();
+    let mut server = rustls::ServerConnection::new(certs.server_config()).unwrap();
+    // Both ends in memory: each flight goes across until neither has anything to say.
+    for _ in 0..10 {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        server.read_tls(&mut wire.as_slice()).unwrap();
+        server.process_new_packets().unwrap();
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        client.read_tls(&mut wire.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+    }
+    assert!(!client.is_handshaking() && !server.is_handshaking());
+    for suite in [
+        client.negotiated_cipher_suite(),
+        server.negotiated_cipher_suite(),
+    ] {
+        assert_eq!(
+            suite.map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
+    // The order otherwise is ring's: TLS 1.3 first, ChaCha20 after both AES suites.
+    let order: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    assert_eq!(
+        order[..3],
+        [
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        ]
+    );
+    assert_eq!(
+        order.len(),
+        rustls::crypto::ring::default_provider().cipher_suites.len()
+    );
+}
+
+#[test]
 fn missing_and_bad_files_name_the_file_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let err = WorkloadCerts::load(dir.path()).unwrap_err().to_string();
