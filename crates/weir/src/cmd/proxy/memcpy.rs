@@ -2,10 +2,10 @@
 //!
 //! On AMD Zen cores, `rep movsb` copies some 20 times slower when the destination sits
 //! less than half a 64-byte line past the source (glibc bug 30994). glibc 2.36, the
-//! version Debian 12 ships, still uses it for every copy of a few KiB and up; glibc 2.39
-//! stopped doing so on these processors. rustls copies each decrypted record into a
-//! fresh allocation, so a receiving mTLS sidecar meets that case on about half its
-//! records: in the benchmark, that one copy took a fifth of the proxies' core
+//! version Debian 12 ships, still uses it for every copy of a few KiB and up; later
+//! releases stopped doing so on AMD processors. rustls copies each decrypted record
+//! into a fresh allocation, so a receiving mTLS sidecar meets that case on about half
+//! its records: in the benchmark, that one copy took a fifth of the proxies' core
 //! (BENCHMARKS.md). glibc reads its tunables once, before `main`, so the proxy execs
 //! itself again with `glibc.cpu.x86_rep_movsb_threshold` raised past any copy it makes.
 //! A threshold the operator set is kept as it is.
