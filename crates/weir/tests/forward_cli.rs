@@ -18,11 +18,14 @@ impl Drop for Running {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Four distinct free loopback addresses: the listeners are held until all four are
+/// chosen, so the kernel cannot hand the same port out twice.
+fn free_addrs() -> (SocketAddr, SocketAddr, SocketAddr, SocketAddr) {
+    let held: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addr = |i: usize| held[i].local_addr().unwrap();
+    (addr(0), addr(1), addr(2), addr(3))
 }
 
 /// An echo server on its own threads; its address.
@@ -76,7 +79,7 @@ fn get(addr: SocketAddr, path: &str) -> String {
 fn forwards_and_reports_on_one_thread_and_on_several() {
     for concurrency in ["1", "2"] {
         let upstream = echo_server();
-        let (listen, stats, admin, ready) = (free_addr(), free_addr(), free_addr(), free_addr());
+        let (listen, stats, admin, ready) = free_addrs();
         let _proxy = Running(
             Command::new(PROXY)
                 .args(["forward", "--listen", &listen.to_string()])
@@ -147,7 +150,7 @@ fn a_bad_concurrency_is_named() {
 /// on a line of its own.
 fn serving_environment(tunables: Option<&str>) -> String {
     let upstream = echo_server();
-    let (listen, stats, admin, ready) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let (listen, stats, admin, ready) = free_addrs();
     let mut command = Command::new(PROXY);
     command
         .args(["forward", "--listen", &listen.to_string()])

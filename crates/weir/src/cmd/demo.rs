@@ -193,6 +193,20 @@ fn demo(
     let prom = SocketAddr::from((prometheus.ip, cluster::addons::PROMETHEUS_PORT));
     let started = Instant::now();
     let deadline = started + args.up.reporting_interval + Duration::from_secs(60);
+    // Prometheus answers its API with 503 until its storage is open, which on a busy
+    // machine can still be the case this many steps after it started.
+    loop {
+        let (status, body) = fetch(&node, prom, "/-/ready")?;
+        if status == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Prometheus is not ready (it answers {status}: {}); see `weir logs -n istio-system deploy/prometheus`",
+            body.trim()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     loop {
         let opened = sum(
             &node,
