@@ -50,8 +50,9 @@ pub(crate) struct Handles {
 }
 
 impl TcpMetrics {
-    /// Registers the four families in `registry`. The encoder appends `_total`, so the
-    /// exposition names are `istio_tcp_connections_opened_total` and so on.
+    /// Registers the four metrics in `registry` (one collector). The encoder appends
+    /// `_total`, so the exposition names are `istio_tcp_connections_opened_total` and
+    /// so on.
     pub fn new(registry: &mut Registry) -> Self {
         let series: Arc<[Series; 4]> = Arc::default();
         registry.register_collector(Box::new(TcpCollector(series.clone())));
@@ -199,10 +200,11 @@ impl TcpMetrics {
 
 /// One metric's series: a counter per label set.
 ///
-/// Not a `prometheus_client` `Family`: a family's encoder holds its lock for the whole
-/// encoding (about 10 ms for 2,500 Istio label sets), and a connection whose label set
-/// is new must wait for it to create its series, which stalls every connection on that
-/// worker. Here a scrape holds the lock only to copy the handles out.
+/// Not a `prometheus_client` `Family`: a family's encoder holds the family's lock while
+/// it prints every series (milliseconds for a few thousand Istio label sets), and a
+/// connection whose label set is new must wait for it to create its series, which
+/// stalls every connection on that worker (BENCHMARKS.md, "Scraping 10,000 series").
+/// Here a scrape holds the lock only to copy the handles out.
 #[derive(Debug, Default)]
 struct Series(RwLock<HashMap<TcpLabels, Counter, BuildHasherDefault<WordHasher>>>);
 
