@@ -196,14 +196,14 @@ fn demo(
     // Prometheus answers its API with 503 until its storage is open, which on a busy
     // machine can still be the case this many steps after it started.
     loop {
-        let (status, body) = fetch(&node, prom, "/-/ready")?;
-        if status == 200 {
-            break;
-        }
+        let answer = match fetch(&node, prom, "/-/ready") {
+            Ok((200, _)) => break,
+            Ok((status, body)) => format!("it answers {status}: {}", body.trim()),
+            Err(e) => format!("{e:#}"),
+        };
         anyhow::ensure!(
             Instant::now() < deadline,
-            "Prometheus is not ready (it answers {status}: {}); see `weir logs -n istio-system deploy/prometheus`",
-            body.trim()
+            "Prometheus at {prom} is not ready ({answer}); see `weir logs -n istio-system deploy/prometheus`"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
