@@ -9,28 +9,13 @@ use telemetry::{
     TcpMetrics, Workload,
 };
 
-fn workload(name: &str) -> Workload {
-    Workload {
-        name: name.into(),
-        namespace: "default".into(),
-        cluster: "Kubernetes".into(),
-        labels: [
-            ("app".to_string(), name.to_string()),
-            ("version".to_string(), "v1".to_string()),
-        ]
-        .into(),
-        principal: Some(format!("spiffe://cluster.local/ns/default/sa/{name}")),
-    }
-}
+#[path = "support/labels.rs"]
+mod support;
+use support::workload;
 
+/// A connection to ratings-v1 from `peer`.
 fn labels(peer: &str) -> TcpLabels {
-    TcpLabels::inbound(
-        &workload("ratings-v1"),
-        &workload(peer),
-        &DestinationService::from_fqdn("ratings.default.svc.cluster.local"),
-        SecurityPolicy::MutualTls,
-        ResponseFlags::None,
-    )
+    support::labels(&workload("ratings-v1"), peer)
 }
 
 fn byte_accounting(c: &mut Criterion) {

@@ -14,34 +14,11 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use telemetry::{
-    encode, DestinationService, Format, Registry, ResponseFlags, SecurityPolicy, TcpLabels,
-    TcpMetrics, Workload,
-};
+use telemetry::{encode, Format, Registry, ResponseFlags, TcpMetrics};
 
-fn workload(name: &str) -> Workload {
-    Workload {
-        name: name.into(),
-        namespace: "default".into(),
-        cluster: "Kubernetes".into(),
-        labels: [
-            ("app".to_string(), name.to_string()),
-            ("version".to_string(), "v1".to_string()),
-        ]
-        .into(),
-        principal: Some(format!("spiffe://cluster.local/ns/default/sa/{name}")),
-    }
-}
-
-fn labels(local: &Workload, peer: &str) -> TcpLabels {
-    TcpLabels::inbound(
-        local,
-        &workload(peer),
-        &DestinationService::from_fqdn("ratings.default.svc.cluster.local"),
-        SecurityPolicy::MutualTls,
-        ResponseFlags::None,
-    )
-}
+#[path = "support/labels.rs"]
+mod support;
+use support::{labels, workload};
 
 /// Latencies of one kind of operation, in nanoseconds.
 #[derive(Default)]
