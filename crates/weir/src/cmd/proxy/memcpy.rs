@@ -36,9 +36,9 @@ pub fn ensure() -> Outcome {
     if !cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
         return Outcome::Unneeded;
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let current = std::env::var_os(TUNABLES);
-    let Some(tunables) = with_threshold(current.as_deref(), is_amd(&cpuinfo)) else {
+    let amd = || is_amd(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+    let Some(tunables) = with_threshold(current.as_deref(), amd) else {
         return Outcome::Unneeded;
     };
     Outcome::Failed(reexec(&tunables).to_string())
@@ -85,30 +85,29 @@ fn is_amd(cpuinfo: &str) -> bool {
 }
 
 /// The `GLIBC_TUNABLES` value to exec with, or `None` when the process should run as
-/// it is: not an affected processor, or the threshold is already set (by the
-/// operator, or by the exec that started this process).
-fn with_threshold(current: Option<&OsStr>, amd: bool) -> Option<OsString> {
-    if !amd {
+/// it is: the threshold is already set (by the operator, or by the exec that started
+/// this process), or `amd` says the processor is not affected. `amd` is asked only
+/// when needed, so the process the exec starts does not read `/proc/cpuinfo` again.
+fn with_threshold(current: Option<&OsStr>, amd: impl FnOnce() -> bool) -> Option<OsString> {
+    let current = current.filter(|c| !c.is_empty());
+    let set = current.is_some_and(|c| {
+        c.to_string_lossy()
+            .split(':')
+            .any(|entry| entry.split_once('=').is_some_and(|(key, _)| key == KEY))
+    });
+    if set || !amd() {
         return None;
     }
     let setting = format!("{KEY}={THRESHOLD}");
-    match current {
-        None => Some(setting.into()),
-        Some(current) if current.is_empty() => Some(setting.into()),
+    Some(match current {
+        None => setting.into(),
         Some(current) => {
-            let set = current
-                .to_string_lossy()
-                .split(':')
-                .any(|entry| entry.split_once('=').is_some_and(|(key, _)| key == KEY));
-            if set {
-                return None;
-            }
             let mut value = current.to_owned();
             value.push(":");
             value.push(setting);
-            Some(value)
+            value
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -132,25 +131,30 @@ mod tests {
     #[test]
     fn the_threshold_is_added_once_and_an_operators_value_is_kept() {
         let ours = format!("{KEY}={THRESHOLD}");
-        assert_eq!(with_threshold(None, true), Some(OsString::from(&ours)));
+        assert_eq!(with_threshold(None, || true), Some(OsString::from(&ours)));
         assert_eq!(
-            with_threshold(Some(OsStr::new("")), true),
+            with_threshold(Some(OsStr::new("")), || true),
             Some(OsString::from(&ours))
         );
         assert_eq!(
-            with_threshold(Some(OsStr::new("glibc.malloc.arena_max=2")), true),
+            with_threshold(Some(OsStr::new("glibc.malloc.arena_max=2")), || true),
             Some(OsString::from(format!("glibc.malloc.arena_max=2:{ours}")))
         );
         // Already set: by the exec that started this process, or by the operator.
-        assert_eq!(with_threshold(Some(OsStr::new(&ours)), true), None);
+        assert_eq!(with_threshold(Some(OsStr::new(&ours)), || true), None);
         let operator = format!("glibc.malloc.arena_max=2:{KEY}=8192");
-        assert_eq!(with_threshold(Some(OsStr::new(&operator)), true), None);
+        assert_eq!(with_threshold(Some(OsStr::new(&operator)), || true), None);
         // A key that only starts the same is a different tunable.
         let other = format!("{KEY}_x=1");
         assert_eq!(
-            with_threshold(Some(OsStr::new(&other)), true),
+            with_threshold(Some(OsStr::new(&other)), || true),
             Some(OsString::from(format!("{other}:{ours}")))
         );
-        assert_eq!(with_threshold(None, false), None);
+        assert_eq!(with_threshold(None, || false), None);
+        // Already set: the processor is not asked about.
+        assert_eq!(
+            with_threshold(Some(OsStr::new(&ours)), || unreachable!()),
+            None
+        );
     }
 }
